@@ -1,0 +1,366 @@
+"""Bundles: write them atomically, open them read-only and memory-mapped, verify them.
+
+Layout (format version 1)::
+
+    BUNDLE/manifest.json     what everything else is, with each file's size and sha256
+    BUNDLE/images.parquet    id, path, raw_path (relative to the pool root), bytes, mtime_ns, width, height, sha256
+    BUNDLE/rejected.parquet  path, reason, detail
+    BUNDLE/vectors.npy       float32 [n, d], unit norm, opened with mmap_mode="r"
+    BUNDLE/index.faiss       optional IVF index, opened with IO_FLAG_MMAP
+    BUNDLE/projection.npy / model.onnx   assets the method needs
+
+The bundle_id is the sha256 of the manifest's canonical JSON (without bundle_id),
+and the manifest names every file's sha256, so the id pins every byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from numpy.typing import NDArray
+
+from shared import __version__
+from shared.atomic import atomic_write_json, fsync_dir
+from shared.errors import BundleError, ImageDecodeError
+from shared.features.base import Block, Extractor, create_extractor
+from shared.hashing import sha256_file, sha256_json
+from shared.spec import FeatureSpec
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+VECTORS = "vectors.npy"
+IMAGES = "images.parquet"
+REJECTED = "rejected.parquet"
+INDEX = "index.faiss"
+
+IMAGES_SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("path", pa.string()),  # for people and pandas; names that are not UTF-8 shown with U+FFFD
+        ("raw_path", pa.binary()),  # the file system's exact bytes, what ff-render opens
+        ("bytes", pa.int64()),
+        ("mtime_ns", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("sha256", pa.string()),
+    ]
+)
+REJECTED_SCHEMA = pa.schema([("path", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
+# Row groups small enough that looking up a few paths by id reads little.
+IMAGES_ROW_GROUP = 65_536
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    kind: str = "flat"  # "flat": exact search over vectors.npy; "ivf": index.faiss
+    nlist: int = 0
+    default_nprobe: int = 0
+    train_size: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "nlist": self.nlist,
+            "default_nprobe": self.default_nprobe,
+            "train_size": self.train_size,
+        }
+
+
+@dataclass(frozen=True)
+class Manifest:
+    format_version: int
+    tool_version: str
+    created_at: str
+    spec: FeatureSpec
+    spec_sha256: str
+    blocks: tuple[Block, ...]
+    pool_root: str
+    pool_fingerprint: str
+    count: int
+    rejected_count: int
+    dim: int
+    index: IndexInfo
+    files: dict[str, dict[str, Any]]
+    extra: dict[str, Any] = field(default_factory=dict)
+    bundle_id: str = ""
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "tool_version": self.tool_version,
+            "created_at": self.created_at,
+            "spec": self.spec.to_dict(),
+            "spec_sha256": self.spec_sha256,
+            "blocks": [{"name": b.name, "dim": b.dim} for b in self.blocks],
+            "pool_root": self.pool_root,
+            "pool_fingerprint": self.pool_fingerprint,
+            "count": self.count,
+            "rejected_count": self.rejected_count,
+            "dim": self.dim,
+            "index": self.index.to_dict(),
+            "files": self.files,
+            "extra": self.extra,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.body(), "bundle_id": self.bundle_id}
+
+
+def display_path(rel: str) -> str:
+    """A relative path as valid UTF-8 text (undecodable bytes become U+FFFD)."""
+    return os.fsencode(rel).decode("utf-8", errors="replace")
+
+
+def _safe_file_name(name: str, where: Path) -> str:
+    """A manifest may only name plain files inside the bundle: no '..', no absolute paths, no folders."""
+    pure = PurePosixPath(name)
+    if not name or pure.is_absolute() or len(pure.parts) != 1 or name in (".", "..") or "\\" in name:
+        raise BundleError(f"{where / MANIFEST}: refuses file name {name!r} (must be a plain name inside the bundle)")
+    return name
+
+
+def parse_manifest(path: Path, data: dict[str, Any]) -> Manifest:
+    where = path.parent
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: not a bundle manifest")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: bundle format version {version!r} is not supported (this FluxFrame reads version "
+            f"{FORMAT_VERSION}); rebuild it with this version of ff-index"
+        )
+    try:
+        spec = FeatureSpec.from_dict(dict(data["spec"]))
+        files = {_safe_file_name(str(k), where): dict(v) for k, v in dict(data["files"]).items()}
+        for name, info in files.items():
+            if not isinstance(info.get("bytes"), int) or not isinstance(info.get("sha256"), str):
+                raise BundleError(f"{path}: entry for {name} lacks bytes/sha256")
+        index_data = dict(data.get("index") or {})
+        manifest = Manifest(
+            format_version=int(version),
+            tool_version=str(data["tool_version"]),
+            created_at=str(data["created_at"]),
+            spec=spec,
+            spec_sha256=str(data["spec_sha256"]),
+            blocks=tuple(Block(str(b["name"]), int(b["dim"])) for b in data["blocks"]),
+            pool_root=str(data["pool_root"]),
+            pool_fingerprint=str(data["pool_fingerprint"]),
+            count=int(data["count"]),
+            rejected_count=int(data["rejected_count"]),
+            dim=int(data["dim"]),
+            index=IndexInfo(
+                kind=str(index_data.get("kind", "flat")),
+                nlist=int(index_data.get("nlist", 0)),
+                default_nprobe=int(index_data.get("default_nprobe", 0)),
+                train_size=int(index_data.get("train_size", 0)),
+            ),
+            files=files,
+            extra=dict(data.get("extra") or {}),
+            bundle_id=str(data["bundle_id"]),
+        )
+    except BundleError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{path}: malformed manifest ({type(exc).__name__}: {exc})") from None
+    if manifest.spec_sha256 != spec.sha256():
+        raise BundleError(f"{path}: spec_sha256 does not match the spec it describes (tampered?)")
+    if sha256_json(manifest.body()) != manifest.bundle_id:
+        raise BundleError(f"{path}: bundle_id does not match the manifest's content (tampered?)")
+    for required in (VECTORS, IMAGES, REJECTED):
+        if required not in files:
+            raise BundleError(f"{path}: manifest lists no {required}")
+    if manifest.index.kind not in ("flat", "ivf") or (manifest.index.kind == "ivf" and INDEX not in files):
+        raise BundleError(f"{path}: unknown or incomplete index kind {manifest.index.kind!r}")
+    return manifest
+
+
+def read_manifest(bundle_dir: Path) -> Manifest:
+    path = bundle_dir / MANIFEST
+    if not bundle_dir.exists():
+        raise BundleError(f"{bundle_dir}: no such bundle")
+    if not path.is_file():
+        raise BundleError(f"{bundle_dir}: not a FluxFrame bundle (no {MANIFEST})")
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path}: unreadable manifest ({exc})") from None
+    return parse_manifest(path, data)
+
+
+def check_files(bundle_dir: Path, manifest: Manifest, full: bool) -> None:
+    """Every listed file present with its size; with ``full``, its sha256 too. Raises naming the file."""
+    for name, info in sorted(manifest.files.items()):
+        path = bundle_dir / name
+        if not path.is_file():
+            raise BundleError(f"{path}: missing from the bundle")
+        size = path.stat().st_size
+        if size != info["bytes"]:
+            raise BundleError(
+                f"{path}: size {size} differs from the manifest's {info['bytes']} (tampered or truncated)"
+            )
+        if full and sha256_file(path) != info["sha256"]:
+            raise BundleError(f"{path}: sha256 differs from the manifest (tampered or corrupt)")
+
+
+def verify_bundle(bundle_dir: Path) -> Manifest:
+    manifest = read_manifest(bundle_dir)
+    check_files(bundle_dir, manifest, full=True)
+    return manifest
+
+
+def finalize_bundle(
+    work_dir: Path,
+    dest: Path,
+    *,
+    spec: FeatureSpec,
+    blocks: tuple[Block, ...],
+    pool_root: Path,
+    pool_fingerprint: str,
+    count: int,
+    rejected_count: int,
+    dim: int,
+    index: IndexInfo,
+    extra: dict[str, Any] | None = None,
+) -> Manifest:
+    """Hash every file in ``work_dir``, write the manifest, and move the folder to ``dest`` atomically.
+
+    An existing ``dest`` is replaced only after the new bundle is complete on disk.
+    """
+    files = {}
+    for path in sorted(work_dir.iterdir()):
+        if path.is_file() and path.name != MANIFEST and not path.name.startswith("."):
+            files[path.name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        tool_version=__version__,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        spec=spec,
+        spec_sha256=spec.sha256(),
+        blocks=blocks,
+        pool_root=str(pool_root),
+        pool_fingerprint=pool_fingerprint,
+        count=count,
+        rejected_count=rejected_count,
+        dim=dim,
+        index=index,
+        files=files,
+        extra=extra or {},
+    )
+    manifest = Manifest(**{**manifest.__dict__, "bundle_id": sha256_json(manifest.body())})
+    atomic_write_json(work_dir / MANIFEST, manifest.to_dict())
+    replace_dir(work_dir, dest)
+    return manifest
+
+
+def replace_dir(new: Path, dest: Path) -> None:
+    """Put ``new`` at ``dest``; a previous ``dest`` is moved aside first and removed after."""
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}-{int(time.time())}")
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(new, dest)
+    fsync_dir(dest.parent)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class Bundle:
+    """An opened bundle: manifest, memory-mapped vectors, lazily-read metadata."""
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.path = path
+        self.manifest = manifest
+        self._row_groups: OrderedDict[int, list[str]] = OrderedDict()
+
+    @property
+    def spec(self) -> FeatureSpec:
+        return self.manifest.spec
+
+    @property
+    def bundle_id(self) -> str:
+        return self.manifest.bundle_id
+
+    @property
+    def count(self) -> int:
+        return self.manifest.count
+
+    @property
+    def pool_root(self) -> Path:
+        return Path(self.manifest.pool_root)
+
+    @cached_property
+    def vectors(self) -> NDArray[np.float32]:
+        """float32 [n, d], memory-mapped read-only: no copy in RAM, pages shared between renders."""
+        try:
+            array = np.load(self.path / VECTORS, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{self.path / VECTORS}: unreadable ({exc})") from None
+        if array.dtype != np.float32 or array.shape != (self.count, self.manifest.dim):
+            raise BundleError(
+                f"{self.path / VECTORS}: shape {array.shape} {array.dtype} does not match the manifest "
+                f"({self.count}, {self.manifest.dim}) float32"
+            )
+        return array  # type: ignore[no-any-return]
+
+    def extractor(self) -> Extractor:
+        extractor = create_extractor(self.spec, self.path)
+        if tuple(extractor.blocks) != self.manifest.blocks:
+            raise BundleError(f"{self.path}: the feature blocks of this FluxFrame differ from the bundle's")
+        return extractor
+
+    def read_images_table(self, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self.path / IMAGES, columns=columns)
+
+    def read_rejected_table(self) -> pa.Table:
+        return pq.read_table(self.path / REJECTED)
+
+    def relative_paths(self, ids: NDArray[np.int64] | list[int]) -> list[str]:
+        """Pool-relative paths of image ids, reading only the Parquet row groups that hold them."""
+        out = []
+        for image_id in (int(i) for i in ids):
+            if not 0 <= image_id < self.count:
+                raise BundleError(f"{self.path}: image id {image_id} out of range 0..{self.count - 1}")
+            group, row = divmod(image_id, IMAGES_ROW_GROUP)
+            out.append(self._row_group_paths(group)[row])
+        return out
+
+    def _row_group_paths(self, group: int) -> list[str]:
+        if group in self._row_groups:
+            self._row_groups.move_to_end(group)
+            return self._row_groups[group]
+        table = pq.ParquetFile(self.path / IMAGES).read_row_group(group, columns=["raw_path"])
+        paths = [os.fsdecode(p) for p in table.column("raw_path").to_pylist()]
+        self._row_groups[group] = paths
+        if len(self._row_groups) > 8:
+            self._row_groups.popitem(last=False)
+        return paths
+
+    def image_paths(self, ids: NDArray[np.int64] | list[int], pool_root: Path | None = None) -> list[Path]:
+        """Absolute paths of image ids; a path that would leave the pool root is refused."""
+        root = (pool_root or self.pool_root).resolve()
+        out = []
+        for rel in self.relative_paths(ids):
+            pure = PurePosixPath(rel)
+            if pure.is_absolute() or ".." in pure.parts:
+                raise ImageDecodeError("outside_pool", f"{rel!r} escapes the pool root {root}")
+            out.append(root.joinpath(*pure.parts))
+        return out
+
+
+def open_bundle(path: Path, *, verify: bool = True) -> Bundle:
+    """Open a bundle read-only. ``verify`` checks every file's sha256 (slow for huge bundles)."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    check_files(path, manifest, full=verify)
+    return Bundle(path, manifest)

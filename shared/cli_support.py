@@ -1,0 +1,57 @@
+"""What both command lines share: typed errors to one line and an exit code, progress bars.
+
+The CLIs stay thin: they parse options, call one API function inside
+:func:`report_errors`, and print a summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from shared.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, FluxFrameError
+
+
+@contextlib.contextmanager
+def report_errors(prog: str, debug: bool) -> Iterator[None]:
+    """Map expected errors to one line on stderr and their exit code; --debug adds the traceback."""
+    try:
+        yield
+    except FluxFrameError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"{prog}: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo(f"{prog}: interrupted; finished work is kept, rerun the same command to resume", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except MemoryError:
+        click.echo(f"{prog}: error: out of memory", err=True)
+        sys.exit(EXIT_INTERNAL)
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(
+            f"{prog}: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True
+        )
+        sys.exit(EXIT_INTERNAL)
+
+
+def progress_bar(total: int | None, desc: str, unit: str, enabled: bool = True, initial: int = 0) -> tqdm[Any]:
+    """A progress bar on stderr with count, rate and ETA; silent when disabled or not wanted."""
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        initial=initial,
+        disable=not enabled,
+        dynamic_ncols=True,
+        smoothing=0.1,
+        file=sys.stderr,
+    )
