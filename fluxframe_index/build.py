@@ -1,0 +1,326 @@
+"""ff-index build: scan -> chunked parallel extraction into shards -> one bundle, atomically.
+
+Shards stream to a staging folder beside the bundle, so memory does not grow
+with the pool and a killed build resumes where it stopped. Any joblib backend
+runs the chunks (loky on one machine, dask on a cluster).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from joblib import Parallel, delayed
+
+from fluxframe_index.extract import ChunkStats, ChunkTask, extract_chunk, shard_paths
+from fluxframe_index.ivf import build_ivf_index
+from fluxframe_index.scan import ScanRejection, ScanResult, scan_pool
+from shared.atomic import atomic_write_json
+from shared.bundle import (
+    IMAGES,
+    IMAGES_ROW_GROUP,
+    IMAGES_SCHEMA,
+    INDEX,
+    REJECTED,
+    REJECTED_SCHEMA,
+    VECTORS,
+    IndexInfo,
+    Manifest,
+    display_path,
+    finalize_bundle,
+    read_manifest,
+)
+from shared.cli_support import progress_bar
+from shared.errors import BundleError, FluxFrameError, UsageError
+from shared.features.base import create_extractor, method_info
+from shared.hashing import sha256_json
+from shared.images import DEFAULT_MAX_PIXELS
+from shared.spec import FeatureSpec
+
+PLAN = "plan.json"
+IMAGE_COLUMNS = ("path", "raw_path", "bytes", "mtime_ns", "width", "height", "sha256")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    spec: FeatureSpec
+    jobs: int = 1
+    chunk_size: int = 256
+    limit: int | None = None
+    index_kind: str = "flat"
+    ivf_nlist: int | None = None
+    backend: str = "loky"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1:
+            raise UsageError(f"--jobs must be >= 1, got {self.jobs}")
+        if self.chunk_size < 1:
+            raise UsageError(f"--chunk-size must be >= 1, got {self.chunk_size}")
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"--limit must be >= 1, got {self.limit}")
+        if self.index_kind not in ("flat", "ivf"):
+            raise UsageError(f"--index must be flat or ivf, got {self.index_kind!r}")
+        if self.ivf_nlist is not None and self.ivf_nlist < 1:
+            raise UsageError(f"--ivf-nlist must be >= 1, got {self.ivf_nlist}")
+
+    def request(self) -> dict[str, Any]:
+        """What, besides spec and pool, decides the bundle's content (for the up-to-date check)."""
+        return {"limit": self.limit, "index": self.index_kind, "ivf_nlist": self.ivf_nlist}
+
+
+@dataclass
+class BuildResult:
+    bundle: Path
+    manifest: Manifest
+    up_to_date: bool
+    indexed: int
+    rejected: list[ScanRejection]
+    resumed_shards: int
+    seconds: float
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def staging_dir(dest: Path) -> Path:
+    return dest.parent / f".{dest.name}.partial"
+
+
+def build_bundle(
+    pool: Path,
+    dest: Path,
+    options: BuildOptions,
+    *,
+    on_chunk: Callable[[ChunkStats], None] | None = None,
+) -> BuildResult:
+    started = time.perf_counter()
+    dest = Path(dest).absolute()
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"{dest}: exists and is not a folder")
+    scan = scan_pool(pool, limit=options.limit)
+    spec = options.spec.canonical()
+    info = method_info(spec.method)
+    fingerprint = scan.fingerprint()
+    current = _current_manifest(dest)
+    if current is not None and _is_up_to_date(current, spec, fingerprint, options):
+        return BuildResult(dest, current, True, current.count, [], 0, time.perf_counter() - started)
+    if not scan.entries:
+        raise UsageError(f"{pool}: no image files found (looked for {', '.join(sorted(_extensions()))})")
+
+    stage = staging_dir(dest)
+    plan = {
+        "spec_sha256": spec.sha256(),
+        "pool_fingerprint": fingerprint,
+        "chunk_size": options.chunk_size,
+        "entries": len(scan.entries),
+        "max_pixels": options.max_pixels,
+    }
+    _prepare_staging(stage, plan)
+    shard_dir = stage / "shards"
+    asset_dir = stage / "assets"
+    asset_dir.mkdir(exist_ok=True)
+    info.prepare_assets(spec, asset_dir)
+
+    tasks = _chunk_tasks(scan, spec, asset_dir, shard_dir, options)
+    pending = [t for t in tasks if not shard_paths(shard_dir, t.index)[1].exists()]
+    resumed = len(tasks) - len(pending)
+    done_images = sum(len(t.paths) for t in tasks if t not in pending)
+    stage_seconds = {"read": 0.0, "decode": 0.0, "features": 0.0, "write": 0.0}
+    bar = progress_bar(len(scan.entries), "extract", "img", options.progress, initial=done_images)
+    with bar:
+        for stats in _run_chunks(pending, options):
+            bar.update(stats.images)
+            stage_seconds["read"] += stats.read_s
+            stage_seconds["decode"] += stats.decode_s
+            stage_seconds["features"] += stats.feature_s
+            stage_seconds["write"] += stats.write_s
+            if on_chunk is not None:
+                on_chunk(stats)
+
+    t_final = time.perf_counter()
+    extractor = create_extractor(spec, asset_dir)
+    dim = sum(b.dim for b in extractor.blocks)
+    work = stage / "bundle"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    for asset in asset_dir.iterdir():
+        shutil.copy2(asset, work / asset.name)
+    count, decode_rejected = _assemble(tasks, shard_dir, work, dim, options.progress)
+    rejected = sorted([*scan.rejected, *decode_rejected], key=lambda r: os.fsencode(r.path))
+    _write_rejected(work / REJECTED, rejected)
+    if count == 0:
+        raise UsageError(f"{pool}: none of the {len(scan.entries)} image files could be used; see the reasons above")
+    index_info = IndexInfo()
+    if options.index_kind == "ivf":
+        index_info = build_ivf_index(work / VECTORS, work / INDEX, nlist=options.ivf_nlist, progress=options.progress)
+    manifest = finalize_bundle(
+        work,
+        dest,
+        spec=spec,
+        blocks=tuple(extractor.blocks),
+        pool_root=scan.root,
+        pool_fingerprint=fingerprint,
+        count=count,
+        rejected_count=len(rejected),
+        dim=dim,
+        index=index_info,
+        extra={"request": options.request(), "plan_sha256": sha256_json(plan)},
+    )
+    stage_seconds["finalize"] = time.perf_counter() - t_final
+    shutil.rmtree(stage, ignore_errors=True)
+    return BuildResult(dest, manifest, False, count, rejected, resumed, time.perf_counter() - started, stage_seconds)
+
+
+def _extensions() -> list[str]:
+    from fluxframe_index.scan import IMAGE_EXTENSIONS
+
+    return list(IMAGE_EXTENSIONS)
+
+
+def _current_manifest(dest: Path) -> Manifest | None:
+    if not (dest / "manifest.json").exists():
+        return None
+    with contextlib.suppress(BundleError):
+        return read_manifest(dest)
+    return None
+
+
+def _is_up_to_date(current: Manifest, spec: FeatureSpec, fingerprint: str, options: BuildOptions) -> bool:
+    return (
+        current.spec_sha256 == spec.sha256()
+        and current.pool_fingerprint == fingerprint
+        and current.extra.get("request") == options.request()
+    )
+
+
+def _prepare_staging(stage: Path, plan: dict[str, Any]) -> None:
+    """Reuse a staging folder only if it was made for exactly this plan; otherwise start clean."""
+    plan_path = stage / PLAN
+    if stage.exists():
+        try:
+            import json
+
+            same = json.loads(plan_path.read_text()) == plan
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            shutil.rmtree(stage)
+    if not stage.exists():
+        stage.mkdir(parents=True)
+        (stage / "shards").mkdir()
+        atomic_write_json(plan_path, plan)
+
+
+def _chunk_tasks(
+    scan: ScanResult, spec: FeatureSpec, asset_dir: Path, shard_dir: Path, options: BuildOptions
+) -> list[ChunkTask]:
+    spec_json = spec.to_dict()
+    tasks = []
+    for index in range(math.ceil(len(scan.entries) / options.chunk_size)):
+        first = index * options.chunk_size
+        chunk = scan.entries[first : first + options.chunk_size]
+        tasks.append(
+            ChunkTask(
+                index=index,
+                first_entry=first,
+                paths=[e.path for e in chunk],
+                sizes=[e.size for e in chunk],
+                mtimes=[e.mtime_ns for e in chunk],
+                pool_root=str(scan.root),
+                spec_json=spec_json,
+                asset_dir=str(asset_dir),
+                shard_dir=str(shard_dir),
+                max_pixels=options.max_pixels,
+            )
+        )
+    return tasks
+
+
+def _run_chunks(tasks: list[ChunkTask], options: BuildOptions) -> Iterator[ChunkStats]:
+    if not tasks:
+        return
+    if options.jobs == 1 and options.backend == "loky":
+        # In-process: no worker start-up, and the same code path as the workers run.
+        for task in tasks:
+            yield extract_chunk(task)
+        return
+    jobs = options.jobs if options.backend == "loky" else -1
+    os.environ.setdefault("FLUXFRAME_ORT_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, options.jobs))))
+    parallel = Parallel(n_jobs=jobs, backend=options.backend, return_as="generator_unordered", batch_size=1)
+    try:
+        yield from parallel(delayed(extract_chunk)(task) for task in tasks)
+    except FluxFrameError:
+        raise
+
+
+def _assemble(
+    tasks: list[ChunkTask], shard_dir: Path, work: Path, dim: int, progress: bool
+) -> tuple[int, list[ScanRejection]]:
+    """Stream shards into vectors.npy and images.parquet in entry order; memory is one shard."""
+    metas = [pq.read_table(shard_paths(shard_dir, t.index)[1]) for t in tasks]
+    count = sum(int(pa.compute.sum(pa.compute.equal(m.column("status"), "ok")).as_py() or 0) for m in metas)
+    rejected: list[ScanRejection] = []
+    vectors = np.lib.format.open_memmap(work / VECTORS, mode="w+", dtype=np.float32, shape=(count, dim))
+    writer = pq.ParquetWriter(work / IMAGES, IMAGES_SCHEMA)
+    next_id = 0
+    pending: dict[str, list[Any]] = {name: [] for name in IMAGES_SCHEMA.names}
+    bar = progress_bar(len(tasks), "assemble", "shard", progress)
+    with bar:
+        for task, meta in zip(tasks, metas, strict=True):
+            shard = np.load(shard_paths(shard_dir, task.index)[0], allow_pickle=False)
+            statuses = meta.column("status").to_pylist()
+            ok_rows = [i for i, s in enumerate(statuses) if s == "ok"]
+            if shard.shape != (len(ok_rows), dim):
+                raise BundleError(f"shard {task.index} has {shard.shape}, expected ({len(ok_rows)}, {dim}); rebuild")
+            vectors[next_id : next_id + len(ok_rows)] = shard
+            cols = {name: meta.column(name).to_pylist() for name in (*IMAGE_COLUMNS, "detail")}
+            for i, status in enumerate(statuses):
+                if status != "ok":
+                    rejected.append(ScanRejection(os.fsdecode(cols["raw_path"][i]), status, cols["detail"][i]))
+            for i in ok_rows:
+                pending["id"].append(next_id)
+                next_id += 1
+                for name in IMAGE_COLUMNS:
+                    pending[name].append(cols[name][i])
+            while len(pending["id"]) >= IMAGES_ROW_GROUP:
+                _flush_rows(writer, pending, IMAGES_ROW_GROUP)
+            bar.update(1)
+    _flush_rows(writer, pending, len(pending["id"]))
+    writer.close()
+    vectors.flush()
+    del vectors
+    with open(work / VECTORS, "rb+") as handle:
+        os.fsync(handle.fileno())
+    return count, rejected
+
+
+def _flush_rows(writer: pq.ParquetWriter, pending: dict[str, list[Any]], n: int) -> None:
+    if n == 0:
+        return
+    batch = {name: values[:n] for name, values in pending.items()}
+    writer.write_table(pa.table(batch, schema=IMAGES_SCHEMA), row_group_size=IMAGES_ROW_GROUP)
+    for values in pending.values():
+        del values[:n]
+
+
+def _write_rejected(path: Path, rejected: list[ScanRejection]) -> None:
+    table = pa.table(
+        {
+            "path": [display_path(r.path) for r in rejected],
+            "reason": [r.reason for r in rejected],
+            "detail": [r.detail for r in rejected],
+        },
+        schema=REJECTED_SCHEMA,
+    )
+    pq.write_table(table, path)

