@@ -22,21 +22,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from joblib import Parallel, delayed
 
+from fluxframe_index.assemble import IMAGE_COLUMNS, RowRun, write_rejected, write_rows
 from fluxframe_index.extract import ChunkStats, ChunkTask, extract_chunk, shard_paths
 from fluxframe_index.ivf import build_ivf_index
 from fluxframe_index.scan import ScanRejection, ScanResult, scan_pool
 from shared.atomic import atomic_write_json
 from shared.bundle import (
-    IMAGES,
-    IMAGES_ROW_GROUP,
-    IMAGES_SCHEMA,
     INDEX,
     REJECTED,
-    REJECTED_SCHEMA,
     VECTORS,
     IndexInfo,
     Manifest,
-    display_path,
     finalize_bundle,
     read_manifest,
 )
@@ -48,7 +44,6 @@ from shared.images import DEFAULT_MAX_PIXELS
 from shared.spec import FeatureSpec
 
 PLAN = "plan.json"
-IMAGE_COLUMNS = ("path", "raw_path", "bytes", "mtime_ns", "width", "height", "sha256")
 
 
 @dataclass(frozen=True)
@@ -125,20 +120,20 @@ def build_bundle(
         "entries": len(scan.entries),
         "max_pixels": options.max_pixels,
     }
-    _prepare_staging(stage, plan)
+    prepare_staging(stage, plan)
     shard_dir = stage / "shards"
     asset_dir = stage / "assets"
     asset_dir.mkdir(exist_ok=True)
     info.prepare_assets(spec, asset_dir)
 
-    tasks = _chunk_tasks(scan, spec, asset_dir, shard_dir, options)
+    tasks = chunk_tasks(scan, spec, asset_dir, shard_dir, options)
     pending = [t for t in tasks if not shard_paths(shard_dir, t.index)[1].exists()]
     resumed = len(tasks) - len(pending)
     done_images = sum(len(t.paths) for t in tasks if t not in pending)
     stage_seconds = {"read": 0.0, "decode": 0.0, "features": 0.0, "write": 0.0}
     bar = progress_bar(len(scan.entries), "extract", "img", options.progress, initial=done_images)
     with bar:
-        for stats in _run_chunks(pending, options):
+        for stats in run_chunks(pending, options):
             bar.update(stats.images)
             stage_seconds["read"] += stats.read_s
             stage_seconds["decode"] += stats.decode_s
@@ -158,7 +153,7 @@ def build_bundle(
         shutil.copy2(asset, work / asset.name)
     count, decode_rejected = _assemble(tasks, shard_dir, work, dim, options.progress)
     rejected = sorted([*scan.rejected, *decode_rejected], key=lambda r: os.fsencode(r.path))
-    _write_rejected(work / REJECTED, rejected)
+    write_rejected(work / REJECTED, rejected)
     if count == 0:
         raise UsageError(f"{pool}: none of the {len(scan.entries)} image files could be used; see the reasons above")
     index_info = IndexInfo()
@@ -204,7 +199,7 @@ def _is_up_to_date(current: Manifest, spec: FeatureSpec, fingerprint: str, optio
     )
 
 
-def _prepare_staging(stage: Path, plan: dict[str, Any]) -> None:
+def prepare_staging(stage: Path, plan: dict[str, Any]) -> None:
     """Reuse a staging folder only if it was made for exactly this plan; otherwise start clean."""
     plan_path = stage / PLAN
     if stage.exists():
@@ -222,7 +217,7 @@ def _prepare_staging(stage: Path, plan: dict[str, Any]) -> None:
         atomic_write_json(plan_path, plan)
 
 
-def _chunk_tasks(
+def chunk_tasks(
     scan: ScanResult, spec: FeatureSpec, asset_dir: Path, shard_dir: Path, options: BuildOptions
 ) -> list[ChunkTask]:
     spec_json = spec.to_dict()
@@ -247,7 +242,7 @@ def _chunk_tasks(
     return tasks
 
 
-def _run_chunks(tasks: list[ChunkTask], options: BuildOptions) -> Iterator[ChunkStats]:
+def run_chunks(tasks: list[ChunkTask], options: BuildOptions) -> Iterator[ChunkStats]:
     if not tasks:
         return
     if options.jobs == 1 and options.backend == "loky":
@@ -267,60 +262,35 @@ def _run_chunks(tasks: list[ChunkTask], options: BuildOptions) -> Iterator[Chunk
 def _assemble(
     tasks: list[ChunkTask], shard_dir: Path, work: Path, dim: int, progress: bool
 ) -> tuple[int, list[ScanRejection]]:
-    """Stream shards into vectors.npy and images.parquet in entry order; memory is one shard."""
+    """Stream the shards, in entry order, into the bundle's vectors and image table."""
     metas = [pq.read_table(shard_paths(shard_dir, t.index)[1]) for t in tasks]
     count = sum(int(pa.compute.sum(pa.compute.equal(m.column("status"), "ok")).as_py() or 0) for m in metas)
     rejected: list[ScanRejection] = []
-    vectors = np.lib.format.open_memmap(work / VECTORS, mode="w+", dtype=np.float32, shape=(count, dim))
-    writer = pq.ParquetWriter(work / IMAGES, IMAGES_SCHEMA)
-    next_id = 0
-    pending: dict[str, list[Any]] = {name: [] for name in IMAGES_SCHEMA.names}
-    bar = progress_bar(len(tasks), "assemble", "shard", progress)
-    with bar:
-        for task, meta in zip(tasks, metas, strict=True):
-            shard = np.load(shard_paths(shard_dir, task.index)[0], allow_pickle=False)
-            statuses = meta.column("status").to_pylist()
-            ok_rows = [i for i, s in enumerate(statuses) if s == "ok"]
-            if shard.shape != (len(ok_rows), dim):
-                raise BundleError(f"shard {task.index} has {shard.shape}, expected ({len(ok_rows)}, {dim}); rebuild")
-            vectors[next_id : next_id + len(ok_rows)] = shard
-            cols = {name: meta.column(name).to_pylist() for name in (*IMAGE_COLUMNS, "detail")}
-            for i, status in enumerate(statuses):
-                if status != "ok":
-                    rejected.append(ScanRejection(os.fsdecode(cols["raw_path"][i]), status, cols["detail"][i]))
-            for i in ok_rows:
-                pending["id"].append(next_id)
-                next_id += 1
-                for name in IMAGE_COLUMNS:
-                    pending[name].append(cols[name][i])
-            while len(pending["id"]) >= IMAGES_ROW_GROUP:
-                _flush_rows(writer, pending, IMAGES_ROW_GROUP)
-            bar.update(1)
-    _flush_rows(writer, pending, len(pending["id"]))
-    writer.close()
-    vectors.flush()
-    del vectors
-    with open(work / VECTORS, "rb+") as handle:
-        os.fsync(handle.fileno())
+
+    def runs() -> Iterator[RowRun]:
+        with progress_bar(len(tasks), "assemble", "shard", progress) as bar:
+            for task, meta in zip(tasks, metas, strict=True):
+                run, bad = shard_run(shard_dir, task.index, meta, dim)
+                rejected.extend(bad)
+                yield run
+                bar.update(1)
+
+    write_rows(work, dim, count, runs())
     return count, rejected
 
 
-def _flush_rows(writer: pq.ParquetWriter, pending: dict[str, list[Any]], n: int) -> None:
-    if n == 0:
-        return
-    batch = {name: values[:n] for name, values in pending.items()}
-    writer.write_table(pa.table(batch, schema=IMAGES_SCHEMA), row_group_size=IMAGES_ROW_GROUP)
-    for values in pending.values():
-        del values[:n]
-
-
-def _write_rejected(path: Path, rejected: list[ScanRejection]) -> None:
-    table = pa.table(
-        {
-            "path": [display_path(r.path) for r in rejected],
-            "reason": [r.reason for r in rejected],
-            "detail": [r.detail for r in rejected],
-        },
-        schema=REJECTED_SCHEMA,
-    )
-    pq.write_table(table, path)
+def shard_run(shard_dir: Path, index: int, meta: pa.Table, dim: int) -> tuple[RowRun, list[ScanRejection]]:
+    """One shard's accepted rows as a RowRun, and its rejected files."""
+    shard = np.load(shard_paths(shard_dir, index)[0], allow_pickle=False)
+    statuses = meta.column("status").to_pylist()
+    ok_rows = [i for i, s in enumerate(statuses) if s == "ok"]
+    if shard.shape != (len(ok_rows), dim):
+        raise BundleError(f"shard {index} has shape {shard.shape}, expected ({len(ok_rows)}, {dim}); rebuild")
+    cols = {name: meta.column(name).to_pylist() for name in (*IMAGE_COLUMNS, "detail")}
+    bad = [
+        ScanRejection(os.fsdecode(cols["raw_path"][i]), status, cols["detail"][i])
+        for i, status in enumerate(statuses)
+        if status != "ok"
+    ]
+    run = RowRun(shard, {name: [cols[name][i] for i in ok_rows] for name in IMAGE_COLUMNS})
+    return run, bad

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -105,6 +106,9 @@ def main() -> None:
     help="joblib backend running the workers (dask needs the [dask] extra).",
 )
 @click.option("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786); default: a local cluster.")
+@click.option(
+    "--update", is_flag=True, help="Update the existing BUNDLE: extract only new and changed files, drop deleted ones."
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @debug_option
 def build(
@@ -127,6 +131,7 @@ def build(
     max_pixels: int,
     backend: str,
     scheduler: str | None,
+    update: bool,
     quiet: bool,
     debug: bool,
 ) -> None:
@@ -166,16 +171,28 @@ def build(
             max_pixels=max_pixels,
             progress=not quiet,
         )
-        if backend == "dask":
-            from fluxframe_index.distributed import dask_backend
+        if scheduler is not None and backend != "dask":
+            raise UsageError("--scheduler needs --backend dask")
+        with _backend(backend, scheduler, jobs):
+            if update:
+                from fluxframe_index.update import update_bundle
 
-            with dask_backend(scheduler, jobs):
+                result, counts = update_bundle(pool, bundle, options)
+                click.echo(
+                    f"update: kept {counts.kept}, added {counts.added}, changed {counts.changed}, "
+                    f"deleted {counts.deleted}"
+                )
+            else:
                 result = build_bundle(pool, bundle, options)
-        else:
-            if scheduler is not None:
-                raise UsageError("--scheduler needs --backend dask")
-            result = build_bundle(pool, bundle, options)
         _print_build_summary(result)
+
+
+def _backend(backend: str, scheduler: str | None, jobs: int) -> contextlib.AbstractContextManager[None]:
+    if backend != "dask":
+        return contextlib.nullcontext()
+    from fluxframe_index.distributed import dask_backend
+
+    return dask_backend(scheduler, jobs)
 
 
 def _print_build_summary(result: BuildResult) -> None:
@@ -264,6 +281,30 @@ def _dims_text(method: str) -> str:
     if method in ("spatial_pyramid", "mobilenet", "efficientnet"):
         return " / ".join(f"{info_.dim(FeatureSpec(method=method, spatial_grid=g))}D ({g}x{g})" for g in (2, 3))
     return f"{info_.dim(FeatureSpec(method=method))}D (at 256 px, 16:9)"
+
+
+@main.command()
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--index", "index_kind", type=click.Choice(["flat", "ivf"]), default="flat", help="Index of the merged bundle."
+)
+@click.option("--ivf-nlist", type=click.IntRange(min=1), default=None, help="IVF lists [default: auto].")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@debug_option
+def merge(bundles: tuple[Path, ...], index_kind: str, ivf_nlist: int | None, quiet: bool, debug: bool) -> None:
+    """Merge bundles built with the same options over disjoint pools: ff-index merge A B [C ...] OUT.
+
+    The merged pool root is the deepest folder that holds every input pool.
+    """
+    with report_errors(PROG, debug):
+        if len(bundles) < 3:
+            raise UsageError("usage: ff-index merge A B [C ...] OUT (at least two inputs and one output)")
+        from fluxframe_index.merge import merge_bundles
+
+        result = merge_bundles(
+            list(bundles[:-1]), bundles[-1], index_kind=index_kind, ivf_nlist=ivf_nlist, progress=not quiet
+        )
+        _print_build_summary(result)
 
 
 @main.command("export-model")

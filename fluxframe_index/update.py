@@ -1,0 +1,205 @@
+"""ff-index build --update: re-extract only what changed in the pool, keep the rest.
+
+Files with the same size and mtime are kept; a file whose mtime changed but whose
+size and sha256 did not is kept too (a touch or a copy). New and changed files
+are extracted; deleted ones dropped. Ids follow sorted paths exactly as a full
+build would, so an update gives the same bundle a full rebuild gives; old ids
+map to new ones through id_remap.parquet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fluxframe_index.assemble import IMAGE_COLUMNS, RowRun, sort_key, write_rejected, write_rows
+from fluxframe_index.build import (
+    BuildOptions,
+    BuildResult,
+    chunk_tasks,
+    prepare_staging,
+    run_chunks,
+    shard_run,
+    staging_dir,
+)
+from fluxframe_index.extract import shard_paths
+from fluxframe_index.ivf import build_ivf_index
+from fluxframe_index.scan import PoolEntry, ScanRejection, ScanResult, scan_pool
+from shared.bundle import INDEX, REJECTED, VECTORS, IndexInfo, finalize_bundle, open_bundle
+from shared.cli_support import progress_bar
+from shared.errors import UsageError
+from shared.features.base import create_extractor, method_info
+from shared.hashing import sha256_json
+
+ID_REMAP = "id_remap.parquet"
+ID_REMAP_SCHEMA = pa.schema([("old_id", pa.int64()), ("new_id", pa.int64())])
+
+
+@dataclass(frozen=True)
+class UpdateCounts:
+    kept: int
+    added: int
+    changed: int
+    deleted: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"kept": self.kept, "added": self.added, "changed": self.changed, "deleted": self.deleted}
+
+
+def _same_content(path: Path, sha256: str) -> bool:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+    except OSError:
+        return False
+
+
+def update_bundle(pool: Path, bundle: Path, options: BuildOptions) -> tuple[BuildResult, UpdateCounts]:
+    started = time.perf_counter()
+    bundle = Path(bundle).absolute()
+    old = open_bundle(bundle, verify=False)
+    spec = options.spec.canonical()
+    if old.manifest.spec_sha256 != spec.sha256():
+        raise UsageError(
+            f"{bundle}: was built with other feature options ({old.spec.method}); an update keeps them — "
+            "drop --update for a full rebuild with the new options"
+        )
+    scan = scan_pool(pool, limit=options.limit)
+    old_table = old.read_images_table(["raw_path", "bytes", "mtime_ns", "sha256"])
+    old_rows = {
+        os.fsdecode(raw): (i, size, mtime, digest)
+        for i, (raw, size, mtime, digest) in enumerate(
+            zip(*(old_table.column(c).to_pylist() for c in ("raw_path", "bytes", "mtime_ns", "sha256")), strict=True)
+        )
+    }
+    keep: dict[str, int] = {}
+    todo: list[PoolEntry] = []
+    changed = 0
+    for entry in scan.entries:
+        previous = old_rows.get(entry.path)
+        if previous is not None:
+            old_id, size, mtime, digest = previous
+            if size == entry.size and (mtime == entry.mtime_ns or _same_content(scan.root / entry.path, digest)):
+                keep[entry.path] = old_id
+                continue
+            changed += 1
+        todo.append(entry)
+    seen = {e.path for e in scan.entries}
+    deleted = sum(1 for p in old_rows if p not in seen)
+    counts = UpdateCounts(kept=len(keep), added=len(todo) - changed, changed=changed, deleted=deleted)
+    fingerprint = scan.fingerprint()
+    if not todo and deleted == 0 and old.manifest.pool_fingerprint == fingerprint:
+        return BuildResult(bundle, old.manifest, True, old.count, [], 0, time.perf_counter() - started), counts
+
+    stage = staging_dir(bundle)
+    plan = {
+        "update_of": old.bundle_id,
+        "pool_fingerprint": fingerprint,
+        "chunk_size": options.chunk_size,
+        "entries": len(todo),
+        "max_pixels": options.max_pixels,
+        "spec_sha256": spec.sha256(),
+    }
+    prepare_staging(stage, plan)
+    shard_dir, asset_dir = stage / "shards", stage / "assets"
+    asset_dir.mkdir(exist_ok=True)
+    for name in method_info(spec.method).prepare_assets(spec, asset_dir):
+        # The kept vectors were made with the old bundle's assets: use exactly those.
+        shutil.copy2(old.path / name, asset_dir / name)
+    todo_scan = ScanResult(root=scan.root, entries=todo, rejected=[])
+    tasks = chunk_tasks(todo_scan, spec, asset_dir, shard_dir, options)
+    pending = [t for t in tasks if not shard_paths(shard_dir, t.index)[1].exists()]
+    with progress_bar(len(todo), "extract", "img", options.progress) as bar:
+        for stats in run_chunks(pending, options):
+            bar.update(stats.images)
+
+    extractor = create_extractor(spec, asset_dir)
+    dim = sum(b.dim for b in extractor.blocks)
+    work = stage / "bundle"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    for asset in asset_dir.iterdir():
+        shutil.copy2(asset, work / asset.name)
+
+    fresh: dict[str, tuple[int, int]] = {}  # path -> (task, row within the shard's accepted rows)
+    runs_by_task: dict[int, RowRun] = {}
+    rejected: list[ScanRejection] = list(scan.rejected)
+    for task in tasks:
+        meta = pq.read_table(shard_paths(shard_dir, task.index)[1])
+        run, bad = shard_run(shard_dir, task.index, meta, dim)
+        rejected.extend(bad)
+        runs_by_task[task.index] = run
+        for row, raw in enumerate(run.columns["raw_path"]):
+            fresh[os.fsdecode(raw)] = (task.index, row)
+    order = [e.path for e in scan.entries if e.path in keep or e.path in fresh]
+    count = len(order)
+    if count == 0:
+        raise UsageError(f"{pool}: no usable images left after the update")
+    full_old = old.read_images_table()
+    remap_old: list[int] = []
+    remap_new: list[int] = []
+
+    def runs() -> Iterator[RowRun]:
+        for start in range(0, count, 4096):
+            block = order[start : start + 4096]
+            vectors = np.empty((len(block), dim), dtype=np.float32)
+            columns: dict[str, list[Any]] = {name: [] for name in IMAGE_COLUMNS}
+            old_ids = [keep[p] for p in block if p in keep]
+            old_vectors = old.vectors[np.asarray(old_ids, dtype=np.int64)] if old_ids else None
+            old_meta = full_old.take(pa.array(old_ids, type=pa.int64())) if old_ids else None
+            k = 0
+            for row, path in enumerate(block):
+                if path in keep:
+                    assert old_vectors is not None and old_meta is not None
+                    vectors[row] = old_vectors[k]
+                    for name in IMAGE_COLUMNS:
+                        columns[name].append(old_meta.column(name)[k].as_py())
+                    remap_old.append(keep[path])
+                    remap_new.append(start + row)
+                    k += 1
+                else:
+                    task_index, shard_row = fresh[path]
+                    run = runs_by_task[task_index]
+                    vectors[row] = run.vectors[shard_row]
+                    for name in IMAGE_COLUMNS:
+                        columns[name].append(run.columns[name][shard_row])
+            yield RowRun(vectors, columns)
+
+    write_rows(work, dim, count, runs())
+    pq.write_table(pa.table({"old_id": remap_old, "new_id": remap_new}, schema=ID_REMAP_SCHEMA), work / ID_REMAP)
+    rejected.sort(key=lambda r: sort_key(r.path))
+    write_rejected(work / REJECTED, rejected)
+    index_info = IndexInfo()
+    if options.index_kind == "ivf":
+        index_info = build_ivf_index(work / VECTORS, work / INDEX, nlist=options.ivf_nlist, progress=options.progress)
+    manifest = finalize_bundle(
+        work,
+        bundle,
+        spec=spec,
+        blocks=tuple(extractor.blocks),
+        pool_root=scan.root,
+        pool_fingerprint=fingerprint,
+        count=count,
+        rejected_count=len(rejected),
+        dim=dim,
+        index=index_info,
+        extra={
+            "request": options.request(),
+            "updated_from": old.bundle_id,
+            "update": counts.to_dict(),
+            "plan_sha256": sha256_json(plan),
+        },
+    )
+    shutil.rmtree(stage, ignore_errors=True)
+    result = BuildResult(bundle, manifest, False, count, rejected, 0, time.perf_counter() - started)
+    return result, counts
