@@ -108,7 +108,10 @@ def open_ivf(path: Path) -> faiss.IndexIVF:
     """Read an IVF index with its inverted lists memory-mapped, not copied."""
     try:
         index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-        return faiss.extract_index_ivf(index)
+        ivf = faiss.extract_index_ivf(index)
+        # extract_index_ivf returns a non-owning view: keep the owner alive as long as the view.
+        ivf.referenced_objects = [index]  # type: ignore[attr-defined]
+        return ivf
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
         raise BundleError(f"{path}: cannot read FAISS index ({first})") from None

@@ -1,0 +1,242 @@
+"""Append-only match progress: resume after any crash, refuse a run it does not belong to.
+
+``OUT/checkpoint.jsonl`` is JSON lines:
+
+    {"type": "header", ...}            what the matches depend on (hash, bundle, video, options, seed)
+    {"type": "frames", "frames": [...]} one line per save: the choices of the frames since the last one
+    {"type": "end", ...}               matching finished: frame count, output fps, how the video ended
+
+A save appends one line and fsyncs it, so it costs O(frames saved), never O(frames so
+far). A kill mid-save leaves at most a partial last line, which the next run drops.
+A run whose match options, bundle or video differ is refused (or, with ``restart``,
+starts a fresh file); a run whose output options alone differ reuses every match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from fluxframe_render.select import Choice
+from fluxframe_render.video import VideoInfo
+from shared.atomic import atomic_write_bytes, fsync_dir
+from shared.errors import OutputError, StateError
+from shared.hashing import sha256_json
+
+CHECKPOINT_NAME = "checkpoint.jsonl"
+CHECKPOINT_VERSION = 1
+# Bytes hashed at each end of the video to recognise it cheaply (whole-file hashing of a
+# multi-GB video would cost more than a short render).
+IDENTITY_SAMPLE = 1 << 20
+
+
+def video_identity(path: Path, info: VideoInfo) -> dict[str, Any]:
+    """What identifies the video's content: size, a hash of its ends, and its stream geometry.
+
+    The folder it lives in is left out, so moving the video does not void a checkpoint.
+    """
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        digest.update(handle.read(IDENTITY_SAMPLE))
+        if size > IDENTITY_SAMPLE:
+            handle.seek(max(IDENTITY_SAMPLE, size - IDENTITY_SAMPLE))
+            digest.update(handle.read(IDENTITY_SAMPLE))
+    return {
+        "name": path.name,
+        "bytes": size,
+        "ends_sha256": digest.hexdigest(),
+        "width": info.width,
+        "height": info.height,
+        "fps": info.fps,
+        "frame_count": info.frame_count,
+    }
+
+
+@dataclass(frozen=True)
+class Header:
+    bundle_id: str
+    video: dict[str, Any]
+    match_options: dict[str, Any]
+    seed: int | None  # the seed in effect (drawn once when none was given, then kept); None: no draws
+
+    @property
+    def match_hash(self) -> str:
+        return sha256_json({"bundle_id": self.bundle_id, "video": self.video, "match_options": self.match_options})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": "header",
+            "version": CHECKPOINT_VERSION,
+            "match_hash": self.match_hash,
+            "bundle_id": self.bundle_id,
+            "video": self.video,
+            "match_options": self.match_options,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Header:
+        return cls(
+            bundle_id=str(data["bundle_id"]),
+            video=dict(data["video"]),
+            match_options=dict(data["match_options"]),
+            seed=None if data["seed"] is None else int(data["seed"]),
+        )
+
+
+@dataclass
+class Progress:
+    """What a checkpoint holds: the header in effect, the choices so far, the end record if finished."""
+
+    header: Header
+    choices: list[Choice]
+    end: dict[str, Any] | None
+
+    @property
+    def complete(self) -> bool:
+        return self.end is not None
+
+
+class CheckpointMismatch(StateError):
+    """The checkpoint belongs to a run with other match options, another bundle or another video."""
+
+
+def _differences(old: Header, new: Header) -> str:
+    changes = []
+    if old.bundle_id != new.bundle_id:
+        changes.append(f"bundle {old.bundle_id[:12]} -> {new.bundle_id[:12]}")
+    if old.video != new.video:
+        changes.append(f"video {old.video.get('name')} -> {new.video.get('name')} (different content)")
+    for key in sorted(set(old.match_options) | set(new.match_options)):
+        before, after = old.match_options.get(key), new.match_options.get(key)
+        if before != after:
+            changes.append(f"{key} {json.dumps(before)} -> {json.dumps(after)}")
+    return ", ".join(changes) or "checkpoint header differs"
+
+
+def _damaged(path: Path, line: int, why: str) -> StateError:
+    return StateError(f"{path} is damaged at line {line} ({why}); rerun with --restart to discard it")
+
+
+def _read(path: Path) -> tuple[Header, list[Choice], dict[str, Any] | None, int]:
+    """Parse a checkpoint; returns (header, choices, end, byte length of its complete lines)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StateError(f"cannot read {path}: {exc.strerror or exc}") from None
+    lines = data.split(b"\n")
+    # Everything after the last newline is a line cut short by a crash: not part of the checkpoint.
+    complete, good_bytes = lines[:-1], len(data) - len(lines[-1])
+    if not complete:
+        raise _damaged(path, 1, "no complete header line")
+    records: list[dict[str, Any]] = []
+    for number, raw in enumerate(complete, start=1):
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            if number == len(complete):
+                # A torn final line (the newline made it to disk, the text did not): drop it too.
+                good_bytes -= len(raw) + 1
+                break
+            raise _damaged(path, number, "not JSON") from None
+        if not isinstance(record, dict):
+            raise _damaged(path, number, "not a JSON object")
+        records.append(record)
+    if not records or records[0].get("type") != "header":
+        raise _damaged(path, 1, "no header")
+    if records[0].get("version") != CHECKPOINT_VERSION:
+        raise StateError(
+            f"{path} has checkpoint version {records[0].get('version')!r}, this ff-render writes "
+            f"{CHECKPOINT_VERSION}; rerun with --restart to discard it"
+        )
+    try:
+        header = Header.from_dict(records[0])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _damaged(path, 1, f"bad header: {exc}") from None
+    choices: list[Choice] = []
+    end: dict[str, Any] | None = None
+    for number, record in enumerate(records[1:], start=2):
+        kind = record.get("type")
+        if end is not None:
+            raise _damaged(path, number, "a record after the end record")
+        if kind == "end":
+            end = record
+            continue
+        if kind != "frames" or not isinstance(record.get("frames"), list):
+            raise _damaged(path, number, f"unknown record type {kind!r}")
+        for item in record["frames"]:
+            try:
+                choice = Choice.from_dict(item)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise _damaged(path, number, f"bad frame record: {exc}") from None
+            if choice.index < len(choices) and choices[choice.index] == choice:
+                continue  # the same choice saved twice (a save interrupted after its write): harmless
+            if choice.index != len(choices):
+                raise _damaged(path, number, f"frame {choice.index} where {len(choices)} was expected")
+            choices.append(choice)
+    return header, choices, end, good_bytes
+
+
+class Checkpoint:
+    """An open checkpoint file, appended to as frames are chosen."""
+
+    def __init__(self, path: Path, handle: IO[bytes]) -> None:
+        self.path = path
+        self._handle = handle
+
+    @classmethod
+    def open(cls, path: Path, header: Header, *, restart: bool = False) -> tuple[Checkpoint, Progress]:
+        """Open ``path`` for ``header``'s run: resume it, or start it fresh (new file or ``restart``).
+
+        Raises StateError when the file belongs to a different run and ``restart`` is off.
+        """
+        if path.exists() and not restart:
+            old, choices, end, good_bytes = _read(path)
+            if old.match_hash != header.match_hash:
+                raise CheckpointMismatch(
+                    f"{path} holds matches made with other settings ({_differences(old, header)}); "
+                    "rerun with --restart to discard them, or choose another output folder"
+                )
+            handle: IO[bytes]
+            try:
+                handle = open(path, "r+b")  # noqa: SIM115 - kept open for appends until close()
+                handle.truncate(good_bytes)
+                handle.seek(good_bytes)
+            except OSError as exc:
+                raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+            return cls(path, handle), Progress(old, choices, end)
+        line = json.dumps(header.to_dict(), sort_keys=True, separators=(",", ":")) + "\n"
+        atomic_write_bytes(path, line.encode())
+        try:
+            handle = open(path, "ab")  # noqa: SIM115 - kept open for appends until close()
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        return cls(path, handle), Progress(header, [], None)
+
+    def _append(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
+        try:
+            self._handle.write(line.encode())
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+
+    def save(self, choices: Sequence[Choice]) -> None:
+        """Append the choices made since the last save (one line, one fsync)."""
+        if choices:
+            self._append({"type": "frames", "frames": [c.to_dict() for c in choices]})
+
+    def finish(self, end: dict[str, Any]) -> None:
+        """Mark matching complete; later runs go straight to output."""
+        self._append({**end, "type": "end"})
+        fsync_dir(self.path.parent)
+
+    def close(self) -> None:
+        self._handle.close()
