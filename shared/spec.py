@@ -15,7 +15,7 @@ from typing import Any
 from shared.errors import UsageError
 
 # Bump when the feature code changes the vectors it produces for the same spec.
-FEATURE_CODE_VERSION = 1
+FEATURE_CODE_VERSION = 2
 
 CLASSIC_METHODS = ("canny", "spatial_pyramid", "hog", "spatial_color")
 NEURAL_METHODS = ("mobilenet", "efficientnet")

@@ -75,19 +75,20 @@ def edge_orientation_histogram(
     Dividing by pixels (not edge count) keeps how much edge a cell has, so an empty
     sky cell and a busy cell differ.
     """
-    counts = cell_histogram(
-        grads.orientation_bins(ORIENTATIONS),
-        cells,
-        n_cells,
-        ORIENTATIONS,
-        weights=edges.astype(np.float32),
-        normalize=False,
-    )
-    return np.asarray(np.sqrt(counts / pixels[:, None]), dtype=np.float32).ravel()
+    # Binning the edge pixels alone (about a tenth of the image) counts exactly what weighting
+    # every pixel by its 0/1 edge flag did, at 60% of the cost (measured on the bench pool).
+    index = cells[edges] * ORIENTATIONS + grads.orientation_bins(ORIENTATIONS, where=edges)
+    counts = np.bincount(index, minlength=n_cells * ORIENTATIONS).astype(np.float32)
+    return np.asarray(np.sqrt(counts.reshape(n_cells, ORIENTATIONS) / pixels[:, None]), dtype=np.float32).ravel()
 
 
 def _stack(rows: list[NDArray[np.float32]]) -> NDArray[np.float32]:
     return np.stack(rows).astype(np.float32, copy=False)
+
+
+def _no_vectors(blocks: tuple[Block, ...]) -> Vectors:
+    # An empty batch (the tail of a video, a chunk of rejects) is a valid call with a [0, dim] answer.
+    return np.zeros((0, sum(b.dim for b in blocks)), dtype=np.float32)
 
 
 class CannyExtractor:
@@ -100,6 +101,8 @@ class CannyExtractor:
 
     def extract(self, images: Sequence[Image]) -> Vectors:
         _check_batch(images, self.spec.prepared_size())
+        if not images:
+            return _no_vectors(self.blocks)
         g = self._grids
         edge, texture, color = [], [], []
         for img in images:
@@ -131,6 +134,8 @@ class SpatialPyramidExtractor:
 
     def extract(self, images: Sequence[Image]) -> Vectors:
         _check_batch(images, self.spec.prepared_size())
+        if not images:
+            return _no_vectors(self.blocks)
         n, grids = self.spec.spatial_grid, self._grids
         edge, texture, color = [], [], []
         for img in images:
@@ -183,6 +188,8 @@ class HogExtractor:
 
     def extract(self, images: Sequence[Image]) -> Vectors:
         _check_batch(images, self.spec.prepared_size())
+        if not images:
+            return _no_vectors(self.blocks)
         g = self._grids
         edge, texture, color = [], [], []
         for img in images:
@@ -198,11 +205,28 @@ SPATIAL_COLOR_RAW = 16 * 512
 SPATIAL_COLOR_DIM = 224
 
 
+# The projection is computed exactly, so that a picture's vector never depends on the batch it
+# came in (BLAS sums a 1-row product and a 64-row one in different orders: 1-ulp differences
+# between a pool image and the same picture as a video frame). Entries of the projection are
+# multiples of 2^-20 below 0.5 in magnitude, histogram values multiples of 2^-12 in [0, 1]: every
+# product is an integer multiple of 2^-32 and every partial sum of 8192 of them stays below 2^12,
+# within float64's 53 bits, so any summation order gives the same, exact float64 result.
+_PROJECTION_GRID = 2.0**20
+_HISTOGRAM_GRID = 2.0**12
+
+
 def make_projection(seed: int) -> NDArray[np.float32]:
-    """Seeded Gaussian random projection 8192 -> 224 (Johnson-Lindenstrauss keeps cosines)."""
+    """Seeded Gaussian random projection 8192 -> 224 (Johnson-Lindenstrauss keeps cosines), on an exact grid."""
     rng = np.random.Generator(np.random.PCG64(seed))
     proj = rng.standard_normal((SPATIAL_COLOR_RAW, SPATIAL_COLOR_DIM), dtype=np.float32)
-    return (proj / np.float32(np.sqrt(SPATIAL_COLOR_DIM))).astype(np.float32)
+    scaled = np.clip(proj.astype(np.float64) / np.sqrt(SPATIAL_COLOR_DIM), -0.49, 0.49)
+    return np.asarray(np.round(scaled * _PROJECTION_GRID) / _PROJECTION_GRID, dtype=np.float32)
+
+
+def project_exactly(histograms: NDArray[np.float32], projection: NDArray[np.float64]) -> NDArray[np.float32]:
+    """``histograms @ projection`` with every row's result independent of the other rows."""
+    grid = np.round(histograms.astype(np.float64) * _HISTOGRAM_GRID) / _HISTOGRAM_GRID
+    return np.asarray(grid @ projection, dtype=np.float32)
 
 
 def _centered(x: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -221,11 +245,16 @@ class SpatialColorExtractor:
             )
         self.spec = spec
         self.projection = projection
+        # On the exact grid whatever file it came from (a grid projection.npy is unchanged by this).
+        self._projection64 = np.clip(np.round(projection.astype(np.float64) * _PROJECTION_GRID), -(2**19), 2**19)
+        self._projection64 /= _PROJECTION_GRID
         self.blocks = (Block("edge", 16), Block("texture", 16), Block("color", SPATIAL_COLOR_DIM))
         self._grids = _Grids(spec.prepared_size())
 
     def extract(self, images: Sequence[Image]) -> Vectors:
         _check_batch(images, self.spec.prepared_size())
+        if not images:
+            return _no_vectors(self.blocks)
         g = self._grids
         cells, pixels = g.cells(4, 4), g.pixels(4, 4)
         edge, texture, color = [], [], []
@@ -235,7 +264,7 @@ class SpatialColorExtractor:
             edge.append(_centered(cell_sums(edges.astype(np.float32), cells, 16) / pixels))
             texture.append(_centered(cell_energy(grads, cells, 16, pixels)))
             color.append(hsv_histogram(_half(img), g.cells(4, 4, half=True), 16, SPATIAL_COLOR_BINS))
-        projected = _stack(color) @ self.projection
+        projected = project_exactly(_stack(color), self._projection64)
         return finish_blocks([_stack(edge), _stack(texture), projected])
 
 
