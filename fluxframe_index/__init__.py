@@ -1,0 +1,1 @@
+"""ff-index: scan an image pool, extract features in parallel, write a bundle."""
