@@ -8,6 +8,7 @@ staging folder, and the client assembles the bundle exactly as a local build doe
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 from shared.errors import UsageError
@@ -25,14 +26,25 @@ def dask_backend(scheduler: str | None, jobs: int) -> Iterator[None]:
     cluster = None
     try:
         if scheduler:
-            client = Client(scheduler, timeout="30s")  # type: ignore[no-untyped-call]
+            # Dask's own connect timeout (distributed.comm.timeouts.connect, 30 s unless configured,
+            # e.g. DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=5s) bounds the wait for a scheduler.
+            client = Client(scheduler)  # type: ignore[no-untyped-call]
         else:
+            # The workers share this machine's cores: one ONNX Runtime thread each unless told otherwise.
+            threads = os.environ.get("FLUXFRAME_ORT_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
             cluster = LocalCluster(  # type: ignore[no-untyped-call]
-                n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None
+                n_workers=jobs,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                env={"FLUXFRAME_ORT_THREADS": threads},
             )
             client = Client(cluster)  # type: ignore[no-untyped-call]
     except OSError as exc:
-        raise UsageError(f"cannot reach the Dask scheduler {scheduler}: {exc}") from None
+        where = f"reach the Dask scheduler {scheduler}" if scheduler else "start a local Dask cluster"
+        raise UsageError(f"cannot {where}: {exc}") from None
+    except ValueError as exc:  # a malformed address: no port, unknown scheme
+        raise UsageError(f"bad Dask scheduler address {scheduler!r}: {exc} (expected tcp://host:8786)") from None
     try:
         with joblib.parallel_config(backend="dask"):
             yield

@@ -2,9 +2,10 @@
 
 Files with the same size and mtime are kept; a file whose mtime changed but whose
 size and sha256 did not is kept too (a touch or a copy). New and changed files
-are extracted; deleted ones dropped. Ids follow sorted paths exactly as a full
-build would, so an update gives the same bundle a full rebuild gives; old ids
-map to new ones through id_remap.parquet.
+are extracted, and files the old bundle rejected are tried again; deleted ones
+are dropped. Ids follow sorted paths exactly as a full build would, so an update
+gives the same bundle a full rebuild gives; old ids map to new ones through
+id_remap.parquet. A pool unchanged since the bundle was written leaves it as it is.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,16 +27,17 @@ from fluxframe_index.assemble import IMAGE_COLUMNS, RowRun, sort_key, write_reje
 from fluxframe_index.build import (
     BuildOptions,
     BuildResult,
+    _is_up_to_date,
     chunk_tasks,
     prepare_staging,
     run_chunks,
     shard_run,
     staging_dir,
 )
-from fluxframe_index.extract import shard_paths
+from fluxframe_index.extract import ChunkStats, shard_paths
 from fluxframe_index.ivf import build_ivf_index
 from fluxframe_index.scan import PoolEntry, ScanRejection, ScanResult, scan_pool
-from shared.bundle import INDEX, REJECTED, VECTORS, IndexInfo, finalize_bundle, open_bundle
+from shared.bundle import INDEX, REJECTED, VECTORS, IndexInfo, display_path, finalize_bundle, open_bundle
 from shared.cli_support import progress_bar
 from shared.errors import UsageError
 from shared.features.base import create_extractor, method_info
@@ -51,9 +53,16 @@ class UpdateCounts:
     added: int
     changed: int
     deleted: int
+    retried: int = 0  # files the old bundle rejected, tried again (they may have been fixed)
 
     def to_dict(self) -> dict[str, int]:
-        return {"kept": self.kept, "added": self.added, "changed": self.changed, "deleted": self.deleted}
+        return {
+            "kept": self.kept,
+            "added": self.added,
+            "changed": self.changed,
+            "deleted": self.deleted,
+            "retried": self.retried,
+        }
 
 
 def _same_content(path: Path, sha256: str) -> bool:
@@ -63,7 +72,13 @@ def _same_content(path: Path, sha256: str) -> bool:
         return False
 
 
-def update_bundle(pool: Path, bundle: Path, options: BuildOptions) -> tuple[BuildResult, UpdateCounts]:
+def update_bundle(
+    pool: Path,
+    bundle: Path,
+    options: BuildOptions,
+    *,
+    on_chunk: Callable[[ChunkStats], None] | None = None,
+) -> tuple[BuildResult, UpdateCounts]:
     started = time.perf_counter()
     bundle = Path(bundle).absolute()
     old = open_bundle(bundle, verify=False)
@@ -74,6 +89,13 @@ def update_bundle(pool: Path, bundle: Path, options: BuildOptions) -> tuple[Buil
             "drop --update for a full rebuild with the new options"
         )
     scan = scan_pool(pool, limit=options.limit)
+    fingerprint = scan.fingerprint()
+    if _is_up_to_date(old.manifest, spec, fingerprint, options, pool_root=scan.root):
+        # Same paths, sizes and mtimes as when the bundle was written: files it rejected then
+        # would be rejected again, and a new bundle_id would void render checkpoints for nothing.
+        counts = UpdateCounts(kept=old.count, added=0, changed=0, deleted=0)
+        return BuildResult(bundle, old.manifest, True, old.count, [], 0, time.perf_counter() - started), counts
+    old_rejected = set(old.read_rejected_table().column("path").to_pylist())
     old_table = old.read_images_table(["raw_path", "bytes", "mtime_ns", "sha256"])
     old_rows = {
         os.fsdecode(raw): (i, size, mtime, digest)
@@ -83,7 +105,7 @@ def update_bundle(pool: Path, bundle: Path, options: BuildOptions) -> tuple[Buil
     }
     keep: dict[str, int] = {}
     todo: list[PoolEntry] = []
-    changed = 0
+    changed = retried = 0
     for entry in scan.entries:
         previous = old_rows.get(entry.path)
         if previous is not None:
@@ -92,13 +114,12 @@ def update_bundle(pool: Path, bundle: Path, options: BuildOptions) -> tuple[Buil
                 keep[entry.path] = old_id
                 continue
             changed += 1
+        elif display_path(entry.path) in old_rejected:
+            retried += 1
         todo.append(entry)
     seen = {e.path for e in scan.entries}
     deleted = sum(1 for p in old_rows if p not in seen)
-    counts = UpdateCounts(kept=len(keep), added=len(todo) - changed, changed=changed, deleted=deleted)
-    fingerprint = scan.fingerprint()
-    if not todo and deleted == 0 and old.manifest.pool_fingerprint == fingerprint:
-        return BuildResult(bundle, old.manifest, True, old.count, [], 0, time.perf_counter() - started), counts
+    counts = UpdateCounts(len(keep), len(todo) - changed - retried, changed, deleted, retried)
 
     stage = staging_dir(bundle)
     plan = {
@@ -121,6 +142,8 @@ def update_bundle(pool: Path, bundle: Path, options: BuildOptions) -> tuple[Buil
     with progress_bar(len(todo), "extract", "img", options.progress) as bar:
         for stats in run_chunks(pending, options):
             bar.update(stats.images)
+            if on_chunk is not None:
+                on_chunk(stats)
 
     extractor = create_extractor(spec, asset_dir)
     dim = sum(b.dim for b in extractor.blocks)
@@ -146,6 +169,9 @@ def update_bundle(pool: Path, bundle: Path, options: BuildOptions) -> tuple[Buil
     if count == 0:
         raise UsageError(f"{pool}: no usable images left after the update")
     full_old = old.read_images_table()
+    # A kept file that was only touched gets its current mtime, as a full rebuild would record
+    # (and the next update then need not hash it again).
+    mtimes = {e.path: e.mtime_ns for e in scan.entries if e.path in keep}
     remap_old: list[int] = []
     remap_new: list[int] = []
 
@@ -157,13 +183,14 @@ def update_bundle(pool: Path, bundle: Path, options: BuildOptions) -> tuple[Buil
             old_ids = [keep[p] for p in block if p in keep]
             old_vectors = old.vectors[np.asarray(old_ids, dtype=np.int64)] if old_ids else None
             old_meta = full_old.take(pa.array(old_ids, type=pa.int64())) if old_ids else None
+            old_columns = {n: old_meta.column(n).to_pylist() for n in IMAGE_COLUMNS} if old_meta is not None else {}
             k = 0
             for row, path in enumerate(block):
                 if path in keep:
-                    assert old_vectors is not None and old_meta is not None
+                    assert old_vectors is not None
                     vectors[row] = old_vectors[k]
                     for name in IMAGE_COLUMNS:
-                        columns[name].append(old_meta.column(name)[k].as_py())
+                        columns[name].append(mtimes[path] if name == "mtime_ns" else old_columns[name][k])
                     remap_old.append(keep[path])
                     remap_new.append(start + row)
                     k += 1
