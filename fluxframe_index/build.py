@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, parallel_config
 
 from fluxframe_index.assemble import IMAGE_COLUMNS, RowRun, write_rejected, write_rows
 from fluxframe_index.extract import ChunkStats, ChunkTask, extract_chunk, shard_paths
@@ -33,11 +33,12 @@ from shared.bundle import (
     VECTORS,
     IndexInfo,
     Manifest,
+    check_files,
     finalize_bundle,
     read_manifest,
 )
 from shared.cli_support import progress_bar
-from shared.errors import BundleError, FluxFrameError, UsageError
+from shared.errors import BundleError, UsageError
 from shared.features.base import create_extractor, method_info
 from shared.hashing import sha256_json
 from shared.images import DEFAULT_MAX_PIXELS
@@ -107,7 +108,8 @@ def build_bundle(
     info = method_info(spec.method)
     fingerprint = scan.fingerprint()
     current = _current_manifest(dest)
-    if current is not None and _is_up_to_date(current, spec, fingerprint, options):
+    if current is not None and _is_up_to_date(current, spec, fingerprint, options, pool_root=scan.root):
+        discard_staging(staging_dir(dest))  # left by a build killed after its bundle was in place
         return BuildResult(dest, current, True, current.count, [], 0, time.perf_counter() - started)
     if not scan.entries:
         raise UsageError(f"{pool}: no image files found (looked for {', '.join(sorted(_extensions()))})")
@@ -173,7 +175,7 @@ def build_bundle(
         extra={"request": options.request(), "plan_sha256": sha256_json(plan)},
     )
     stage_seconds["finalize"] = time.perf_counter() - t_final
-    shutil.rmtree(stage, ignore_errors=True)
+    discard_staging(stage)
     return BuildResult(dest, manifest, False, count, rejected, resumed, time.perf_counter() - started, stage_seconds)
 
 
@@ -184,18 +186,30 @@ def _extensions() -> list[str]:
 
 
 def _current_manifest(dest: Path) -> Manifest | None:
+    """The manifest of the bundle at ``dest`` if it is whole (every file present at its size), else None."""
     if not (dest / "manifest.json").exists():
         return None
     with contextlib.suppress(BundleError):
-        return read_manifest(dest)
+        manifest = read_manifest(dest)
+        # A bundle missing a file or holding a truncated one is rebuilt, never declared up to date.
+        check_files(dest, manifest, full=False)
+        return manifest
     return None
 
 
-def _is_up_to_date(current: Manifest, spec: FeatureSpec, fingerprint: str, options: BuildOptions) -> bool:
+def _is_up_to_date(
+    current: Manifest, spec: FeatureSpec, fingerprint: str, options: BuildOptions, *, pool_root: Path | None = None
+) -> bool:
+    """Same spec, same pool files, same request, and (when given) the same pool root.
+
+    The root matters even when the files are identical: ff-render opens images under the
+    manifest's pool_root, so a bundle kept for a moved or copied pool would point at the old place.
+    """
     return (
         current.spec_sha256 == spec.sha256()
         and current.pool_fingerprint == fingerprint
         and current.extra.get("request") == options.request()
+        and (pool_root is None or current.pool_root == str(pool_root))
     )
 
 
@@ -215,6 +229,16 @@ def prepare_staging(stage: Path, plan: dict[str, Any]) -> None:
         stage.mkdir(parents=True)
         (stage / "shards").mkdir()
         atomic_write_json(plan_path, plan)
+
+
+def discard_staging(stage: Path) -> None:
+    """Remove a staging folder so that no kill can leave part of it trusted.
+
+    The plan goes first: without it the next run starts clean, so a removal cut short
+    (shard metadata left, its vectors gone) is never mistaken for finished shards.
+    """
+    (stage / PLAN).unlink(missing_ok=True)
+    shutil.rmtree(stage, ignore_errors=True)
 
 
 def chunk_tasks(
@@ -250,13 +274,23 @@ def run_chunks(tasks: list[ChunkTask], options: BuildOptions) -> Iterator[ChunkS
         for task in tasks:
             yield extract_chunk(task)
         return
-    jobs = options.jobs if options.backend == "loky" else -1
     os.environ.setdefault("FLUXFRAME_ORT_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, options.jobs))))
-    parallel = Parallel(n_jobs=jobs, backend=options.backend, return_as="generator_unordered", batch_size=1)
+    parallel = _parallel(options)
+    yield from parallel(delayed(extract_chunk)(task) for task in tasks)
+
+
+def _parallel(options: BuildOptions) -> Parallel:
+    if options.backend != "dask":
+        return Parallel(n_jobs=options.jobs, backend=options.backend, return_as="generator_unordered", batch_size=1)
+    # Not Parallel(backend="dask"): joblib 1.6 then passes its nesting_level on to every Dask task as a
+    # keyword argument, and each chunk fails on the worker; a backend made by parallel_config does not.
     try:
-        yield from parallel(delayed(extract_chunk)(task) for task in tasks)
-    except FluxFrameError:
-        raise
+        with parallel_config(backend="dask"):
+            return Parallel(n_jobs=-1, return_as="generator_unordered", batch_size=1)
+    except ValueError:
+        raise UsageError(
+            "--backend dask needs a Dask client: run the build inside fluxframe_index.distributed.dask_backend"
+        ) from None
 
 
 def _assemble(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from fluxframe_index.build import BuildOptions, BuildResult, build_bundle
 from shared import __version__
 from shared.bundle import Bundle, open_bundle, verify_bundle
 from shared.cli_support import report_errors
-from shared.errors import UsageError
+from shared.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 from shared.features.base import all_methods
 from shared.images import DEFAULT_MAX_PIXELS
 from shared.spec import ALL_METHODS, FeatureSpec, parse_aspect
@@ -25,7 +26,36 @@ REJECTED_SHOWN = 20
 debug_option = click.option("--debug", is_flag=True, help="Show the Python traceback of an error.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+# Click >= 8.2 raises this for a bare group call; older versions print the help themselves.
+_NO_ARGS_IS_HELP: type[click.ClickException] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class _OneLineErrors(click.Group):
+    """Click's usage errors (bad option values, unknown options) as one line, like every other error.
+
+    Click prints usage, a hint and the error on three lines; ``ff-index: error: ...`` with
+    exit code 2 is what scripts and the other errors of this tool give.
+    """
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.ClickException as exc:
+            if isinstance(exc, _NO_ARGS_IS_HELP):
+                exc.show()  # bare `ff-index`: the help text, as click gives it
+                sys.exit(exc.exit_code)
+            message = " ".join(exc.format_message().split())
+            click.echo(f"{PROG}: error: {message}", err=True)
+            sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
+        except click.Abort:
+            click.echo(f"{PROG}: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        # Not standalone, click returns the exit code of --help/--version (0) or the command's None.
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name=PROG)
 def main() -> None:
     """Build FluxFrame bundles from image pools, and inspect or verify them.
@@ -178,9 +208,10 @@ def build(
                 from fluxframe_index.update import update_bundle
 
                 result, counts = update_bundle(pool, bundle, options)
+                retried = f", retried {counts.retried} rejected before" if counts.retried else ""
                 click.echo(
                     f"update: kept {counts.kept}, added {counts.added}, changed {counts.changed}, "
-                    f"deleted {counts.deleted}"
+                    f"deleted {counts.deleted}{retried}"
                 )
             else:
                 result = build_bundle(pool, bundle, options)

@@ -27,7 +27,7 @@ from shared.atomic import atomic_save_npy, atomic_write_bytes
 from shared.bundle import display_path
 from shared.errors import ImageDecodeError
 from shared.features.base import Extractor, create_extractor
-from shared.images import DEFAULT_MAX_PIXELS, decode_image, prepare_image, probe_dimensions, read_image_bytes
+from shared.images import DEFAULT_MAX_PIXELS, decode_image, prepare_image, read_header, read_image_bytes
 from shared.spec import FeatureSpec
 
 SHARD_META_SCHEMA = pa.schema(
@@ -107,12 +107,11 @@ def extract_chunk(task: ChunkTask) -> ChunkStats:
             digest = hashlib.sha256(data).hexdigest()
             t1 = time.perf_counter()
             read_s += t1 - t0
-            dims = probe_dimensions(data)
             image = decode_image(data, min_size=size, aspect=size[0] / size[1], max_pixels=task.max_pixels)
             prepared.append(prepare_image(image, size))
-            height, width = image.shape[:2]
-            if dims is not None:
-                width, height = dims
+            # The full size as displayed (EXIF orientation 5-8 swaps the axes), not the DCT-scaled
+            # decode's size and not the stored one: the same size load_prepared reports.
+            width, height = read_header(data).display_size
             decode_s += time.perf_counter() - t1
         except ImageDecodeError as exc:
             status, detail = exc.reason, exc.detail

@@ -7,6 +7,9 @@ fsync the folder. A crash leaves either the old file or the new one, never half.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import io
 import json
 import os
@@ -33,6 +36,36 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+@functools.cache
+def _renameat2() -> Any:
+    """glibc's renameat2 (Linux 3.15+, glibc 2.28+), or None where it does not exist."""
+    try:
+        return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    except OSError:
+        return None
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step; False where the OS or file system cannot.
+
+    Replacing a folder with two renames leaves a moment (and, after a kill, for good) where
+    neither the old nor the new folder is at its path; an exchange has no such moment.
+    """
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
 
 
 @contextlib.contextmanager

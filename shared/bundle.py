@@ -15,11 +15,13 @@ and the manifest names every file's sha256, so the id pins every byte.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -32,7 +34,7 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from shared import __version__
-from shared.atomic import atomic_write_json, fsync_dir
+from shared.atomic import atomic_write_json, exchange_paths, fsync_dir
 from shared.errors import BundleError, ImageDecodeError
 from shared.features.base import Block, Extractor, create_extractor
 from shared.hashing import sha256_file, sha256_json
@@ -265,7 +267,15 @@ def finalize_bundle(
 
 
 def replace_dir(new: Path, dest: Path) -> None:
-    """Put ``new`` at ``dest``; a previous ``dest`` is moved aside first and removed after."""
+    """Put ``new`` at ``dest``; a previous ``dest`` is swapped out in the same atomic step, then removed.
+
+    Readers (and a kill at any moment) find the old or the new bundle at ``dest``, never nothing.
+    Where the system cannot exchange two paths, the previous ``dest`` is moved aside first.
+    """
+    if dest.is_dir() and exchange_paths(new, dest):
+        fsync_dir(dest.parent)
+        shutil.rmtree(new, ignore_errors=True)  # now the previous bundle
+        return
     old = dest.with_name(f".{dest.name}.old-{os.getpid()}-{int(time.time())}")
     if dest.exists():
         os.replace(dest, old)
@@ -320,10 +330,25 @@ class Bundle:
         return extractor
 
     def read_images_table(self, columns: list[str] | None = None) -> pa.Table:
-        return pq.read_table(self.path / IMAGES, columns=columns)
+        with _parquet_errors(self.path / IMAGES):
+            return pq.read_table(self.path / IMAGES, columns=columns)
 
     def read_rejected_table(self) -> pa.Table:
-        return pq.read_table(self.path / REJECTED)
+        with _parquet_errors(self.path / REJECTED):
+            return pq.read_table(self.path / REJECTED)
+
+    def check_structure(self) -> None:
+        """Cheap checks for an unverified open: Parquet footers, row count, vectors header and shape.
+
+        They read a few kB whatever the bundle's size; damage inside the data is found by
+        the sha256 check only.
+        """
+        for name in (IMAGES, REJECTED):
+            with _parquet_errors(self.path / name):
+                rows = pq.ParquetFile(self.path / name).metadata.num_rows
+            if name == IMAGES and rows != self.count:
+                raise BundleError(f"{self.path / name}: {rows} rows, the manifest says {self.count}")
+        _ = self.vectors
 
     def relative_paths(self, ids: NDArray[np.int64] | list[int]) -> list[str]:
         """Pool-relative paths of image ids, reading only the Parquet row groups that hold them."""
@@ -339,7 +364,8 @@ class Bundle:
         if group in self._row_groups:
             self._row_groups.move_to_end(group)
             return self._row_groups[group]
-        table = pq.ParquetFile(self.path / IMAGES).read_row_group(group, columns=["raw_path"])
+        with _parquet_errors(self.path / IMAGES):
+            table = pq.ParquetFile(self.path / IMAGES).read_row_group(group, columns=["raw_path"])
         paths = [os.fsdecode(p) for p in table.column("raw_path").to_pylist()]
         self._row_groups[group] = paths
         if len(self._row_groups) > 8:
@@ -352,15 +378,29 @@ class Bundle:
         out = []
         for rel in self.relative_paths(ids):
             pure = PurePosixPath(rel)
-            if pure.is_absolute() or ".." in pure.parts:
-                raise ImageDecodeError("outside_pool", f"{rel!r} escapes the pool root {root}")
+            # Empty names the root itself, and a NUL byte makes open() raise ValueError: neither is a pool file.
+            if pure.is_absolute() or ".." in pure.parts or not pure.parts or "\0" in rel:
+                raise ImageDecodeError("outside_pool", f"{rel!r} is not a file inside the pool root {root}")
             out.append(root.joinpath(*pure.parts))
         return out
 
 
+@contextlib.contextmanager
+def _parquet_errors(path: Path) -> Iterator[None]:
+    """pyarrow's errors on a damaged file (ArrowInvalid is a ValueError, ArrowIOError an OSError) as a BundleError."""
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path}: unreadable ({exc}); check the bundle with ff-index verify") from None
+
+
 def open_bundle(path: Path, *, verify: bool = True) -> Bundle:
-    """Open a bundle read-only. ``verify`` checks every file's sha256 (slow for huge bundles)."""
+    """Open a bundle read-only. ``verify`` checks every file's sha256 (slow for huge bundles);
+    without it, sizes and the files' structure (headers, footers) are still checked."""
     path = Path(path)
     manifest = read_manifest(path)
     check_files(path, manifest, full=verify)
-    return Bundle(path, manifest)
+    bundle = Bundle(path, manifest)
+    if not verify:
+        bundle.check_structure()
+    return bundle

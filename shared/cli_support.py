@@ -7,15 +7,19 @@ The CLIs stay thin: they parse options, call one API function inside
 from __future__ import annotations
 
 import contextlib
+import errno
 import sys
 import traceback
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from tqdm import tqdm
 
-from shared.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, FluxFrameError
+from shared.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_IO, FluxFrameError
+
+# Write errors that mean no room: disk full, quota exceeded, file size limit (RLIMIT_FSIZE).
+_STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 @contextlib.contextmanager
@@ -34,13 +38,29 @@ def report_errors(prog: str, debug: bool) -> Iterator[None]:
     except MemoryError:
         click.echo(f"{prog}: error: out of memory", err=True)
         sys.exit(EXIT_INTERNAL)
-    except Exception as exc:
+    except OSError as exc:
+        if exc.errno not in _STORAGE_FULL:
+            _internal_error(prog, exc, debug)
+        # Any write may meet a full disk (numpy memmaps, Parquet and FFmpeg writers included);
+        # every trusted file is written to a temporary name first, so what exists stays intact.
         if debug:
             traceback.print_exc()
+        where = f" ({exc.filename})" if exc.filename else ""
         click.echo(
-            f"{prog}: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True
+            f"{prog}: error: a write failed{where}: {exc.strerror or exc}; free some space or raise the limit "
+            "and rerun (earlier output is intact)",
+            err=True,
         )
-        sys.exit(EXIT_INTERNAL)
+        sys.exit(EXIT_IO)
+    except Exception as exc:
+        _internal_error(prog, exc, debug)
+
+
+def _internal_error(prog: str, exc: Exception, debug: bool) -> NoReturn:
+    if debug:
+        traceback.print_exc()
+    click.echo(f"{prog}: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+    sys.exit(EXIT_INTERNAL)
 
 
 def progress_bar(total: int | None, desc: str, unit: str, enabled: bool = True, initial: int = 0) -> tqdm[Any]:
