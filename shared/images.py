@@ -13,6 +13,7 @@ cv2.imdecode with IMREAD_REDUCED_COLOR_2/4/8; other formats through cv2.imdecode
 from __future__ import annotations
 
 import functools
+import io
 import math
 import os
 import stat
@@ -30,6 +31,7 @@ from shared.image_header import ImageHeader, probe_dimensions, read_header, snif
 
 __all__ = [
     "BACKGROUND_GREY",
+    "DEFAULT_MAX_FILE_BYTES",
     "DEFAULT_MAX_PIXELS",
     "MIN_SIDE",
     "Backend",
@@ -47,6 +49,9 @@ __all__ = [
 ]
 
 DEFAULT_MAX_PIXELS: int = 100_000_000  # declared width*height above which a file is refused undecoded
+# Bytes above which a file is refused unread (its bytes are held whole in memory): no photo needs
+# more; an uncompressed 8-bit RGB TIFF that large would hold 89 megapixels.
+DEFAULT_MAX_FILE_BYTES: int = 256 << 20
 MIN_SIDE = 8  # smaller images carry no usable structure (icons, tracking pixels)
 BACKGROUND_GREY = 128  # transparent pixels become mid-grey: neutral for edges and colour alike
 
@@ -101,8 +106,12 @@ def _display(path: Path) -> str:
     return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def read_image_bytes(path: Path) -> bytes:
-    """The whole file, read once. Raises ImageDecodeError: vanished, unreadable or empty."""
+def read_image_bytes(path: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """The whole file, read once. Raises ImageDecodeError: vanished, unreadable, empty or too_large.
+
+    A file over ``max_bytes`` is refused unread: the bytes are held in memory whole, so an
+    oversized file (a sparse one costs no disk) must not cost its size in RAM per worker.
+    """
     try:
         # O_NONBLOCK: a FIFO in the pool must be refused, not wait forever for a writer.
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -112,14 +121,32 @@ def read_image_bytes(path: Path) -> bytes:
         raise ImageDecodeError("unreadable", f"{_display(path)}: {exc.strerror or exc}") from None
     try:
         with open(fd, "rb", buffering=0) as handle:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
                 raise ImageDecodeError("unreadable", f"{_display(path)}: not a regular file")
-            data = handle.readall()
+            data = _read_bounded(handle, info.st_size, max_bytes, path)
     except OSError as exc:
         raise ImageDecodeError("unreadable", f"{_display(path)}: {exc.strerror or exc}") from None
     if not data:
         raise ImageDecodeError("empty", f"{_display(path)}: file is empty (0 bytes)")
     return data
+
+
+def _read_bounded(handle: io.FileIO, size: int, max_bytes: int, path: Path) -> bytes:
+    """At most ``max_bytes`` (a file that grows, or lies about its size, stops there)."""
+    too_large = ImageDecodeError("too_large", f"{_display(path)}: file is over {max_bytes:,} bytes")
+    if size > max_bytes:
+        raise too_large
+    chunks: list[bytes] = []
+    total = 0
+    request = size + 1  # one read() takes a regular file whole; the extra byte sees its end
+    while block := handle.read(min(request, max_bytes + 1 - total)):
+        chunks.append(block)
+        total += len(block)
+        if total > max_bytes:
+            raise too_large
+        request = 1 << 16
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def center_crop_box(width: int, height: int, aspect: float) -> tuple[int, int, int, int]:
