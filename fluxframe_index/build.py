@@ -38,10 +38,11 @@ from shared.bundle import (
     read_manifest,
 )
 from shared.cli_support import progress_bar
-from shared.errors import BundleError, UsageError
+from shared.errors import BundleError, OutputError, UsageError
 from shared.features.base import create_extractor, method_info
 from shared.hashing import sha256_json
 from shared.images import DEFAULT_MAX_PIXELS
+from shared.lock import ExclusiveLock
 from shared.spec import FeatureSpec
 
 PLAN = "plan.json"
@@ -92,6 +93,20 @@ def staging_dir(dest: Path) -> Path:
     return dest.parent / f".{dest.name}.partial"
 
 
+def bundle_lock(dest: Path) -> ExclusiveLock:
+    """One writer per bundle path: two builds would share (and wreck) one staging folder."""
+    dest = Path(dest).absolute()
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"{dest}: exists and is not a folder")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {dest.parent}: {exc.strerror or exc}") from None
+    return ExclusiveLock(
+        dest.parent / f".{dest.name}.lock", tool="ff-index", guarded=dest, advice="wait for that build to finish"
+    )
+
+
 def build_bundle(
     pool: Path,
     dest: Path,
@@ -99,10 +114,15 @@ def build_bundle(
     *,
     on_chunk: Callable[[ChunkStats], None] | None = None,
 ) -> BuildResult:
+    """Build (or resume, or confirm up to date) the bundle at ``dest`` from the images under ``pool``."""
+    with bundle_lock(dest):
+        return _build_bundle(pool, Path(dest).absolute(), options, on_chunk)
+
+
+def _build_bundle(
+    pool: Path, dest: Path, options: BuildOptions, on_chunk: Callable[[ChunkStats], None] | None
+) -> BuildResult:
     started = time.perf_counter()
-    dest = Path(dest).absolute()
-    if dest.exists() and not dest.is_dir():
-        raise UsageError(f"{dest}: exists and is not a folder")
     scan = scan_pool(pool, limit=options.limit)
     spec = options.spec.canonical()
     info = method_info(spec.method)

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from fluxframe_index.assemble import IMAGE_COLUMNS, RowRun, sort_key, write_rejected, write_rows
-from fluxframe_index.build import BuildResult, staging_dir
+from fluxframe_index.build import BuildResult, bundle_lock, staging_dir
 from fluxframe_index.ivf import build_ivf_index
 from fluxframe_index.scan import ScanRejection
 from shared.bundle import INDEX, REJECTED, VECTORS, Bundle, IndexInfo, finalize_bundle, open_bundle
@@ -35,6 +35,14 @@ def _prefix(root: Path, common: Path) -> str:
 
 def merge_bundles(
     inputs: list[Path], dest: Path, *, index_kind: str = "flat", ivf_nlist: int | None = None, progress: bool = False
+) -> BuildResult:
+    """Merge bundles of one spec over disjoint pools into ``dest``."""
+    with bundle_lock(dest):
+        return _merge_bundles(inputs, Path(dest).absolute(), index_kind, ivf_nlist, progress)
+
+
+def _merge_bundles(
+    inputs: list[Path], dest: Path, index_kind: str, ivf_nlist: int | None, progress: bool
 ) -> BuildResult:
     started = time.perf_counter()
     if len(inputs) < 2:

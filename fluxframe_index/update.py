@@ -28,6 +28,7 @@ from fluxframe_index.build import (
     BuildOptions,
     BuildResult,
     _is_up_to_date,
+    bundle_lock,
     chunk_tasks,
     prepare_staging,
     run_chunks,
@@ -79,8 +80,15 @@ def update_bundle(
     *,
     on_chunk: Callable[[ChunkStats], None] | None = None,
 ) -> tuple[BuildResult, UpdateCounts]:
+    """Bring ``bundle`` up to date with ``pool``, extracting only new and changed files."""
+    with bundle_lock(bundle):
+        return _update_bundle(pool, Path(bundle).absolute(), options, on_chunk)
+
+
+def _update_bundle(
+    pool: Path, bundle: Path, options: BuildOptions, on_chunk: Callable[[ChunkStats], None] | None
+) -> tuple[BuildResult, UpdateCounts]:
     started = time.perf_counter()
-    bundle = Path(bundle).absolute()
     old = open_bundle(bundle, verify=False)
     spec = options.spec.canonical()
     if old.manifest.spec_sha256 != spec.sha256():

@@ -1,90 +1,21 @@
-"""One ff-render per output folder: a lock file that names its holder and dies with it.
-
-The lock is an advisory ``flock`` on ``OUT/.ff-render.lock``: the kernel releases it
-when the holder exits in any way (kill -9 included), so a lock left by a dead
-process is simply taken over, with no pid guessing and no race between two
-processes that both find it stale. The file holds the holder's pid, host and start
-time only so that the refusal can say who holds it.
-"""
+"""One ff-render per output folder (see shared.lock for how the lock works)."""
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
-import socket
-import time
 from pathlib import Path
-from types import TracebackType
 
-from shared.errors import OutputError, StateError
+from shared.lock import ExclusiveLock
 
 LOCK_NAME = ".ff-render.lock"
 
 
-def _holder(fd: int) -> str:
-    try:
-        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
-    except (OSError, ValueError):
-        return "another ff-render"
-    if not isinstance(data, dict) or "pid" not in data:
-        return "another ff-render"
-    started = data.get("started", "")
-    return f"ff-render pid {data['pid']} on {data.get('host', '?')}" + (f" (started {started})" if started else "")
-
-
-class OutputLock:
+class OutputLock(ExclusiveLock):
     """Exclusive hold on an output folder for as long as the ``with`` block runs."""
 
     def __init__(self, out_dir: Path) -> None:
-        self.path = out_dir / LOCK_NAME
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError as exc:
-                raise OutputError(f"cannot create the lock file {self.path}: {exc.strerror or exc}") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _holder(fd)
-                os.close(fd)
-                raise StateError(
-                    f"{self.path.parent} is in use by {holder}; wait for it to finish or choose another output folder"
-                ) from None
-            # The previous holder may have unlinked the file between our open and our flock:
-            # then we hold a lock on a nameless inode, so start again on the current file.
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        record = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(record).encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        # Unlink while still holding the lock, so nobody can lock the old inode in between.
-        self.path.unlink(missing_ok=True)
-        os.close(self._fd)
-        self._fd = None
-
-    def __enter__(self) -> OutputLock:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
+        super().__init__(
+            out_dir / LOCK_NAME,
+            tool="ff-render",
+            guarded=out_dir,
+            advice="wait for it to finish or choose another output folder",
+        )
