@@ -281,6 +281,7 @@ def chunk_tasks(
                 asset_dir=str(asset_dir),
                 shard_dir=str(shard_dir),
                 max_pixels=options.max_pixels,
+                jobs=options.jobs,
             )
         )
     return tasks
@@ -294,7 +295,6 @@ def run_chunks(tasks: list[ChunkTask], options: BuildOptions) -> Iterator[ChunkS
         for task in tasks:
             yield extract_chunk(task)
         return
-    os.environ.setdefault("FLUXFRAME_ORT_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, options.jobs))))
     parallel = _parallel(options)
     yield from parallel(delayed(extract_chunk)(task) for task in tasks)
 

@@ -27,6 +27,7 @@ from shared.atomic import atomic_save_npy, atomic_write_bytes
 from shared.bundle import display_path
 from shared.errors import ImageDecodeError
 from shared.features.base import Extractor, create_extractor
+from shared.features.neural import configure_runtime
 from shared.images import DEFAULT_MAX_PIXELS, decode_image, prepare_image, read_header, read_image_bytes
 from shared.spec import FeatureSpec
 
@@ -60,6 +61,7 @@ class ChunkTask:
     asset_dir: str
     shard_dir: str
     max_pixels: int = DEFAULT_MAX_PIXELS
+    jobs: int = 1  # worker processes sharing this machine's cores (sizes ONNX Runtime's thread pool)
 
 
 @dataclass(frozen=True)
@@ -82,18 +84,21 @@ def shard_paths(shard_dir: Path, index: int) -> tuple[Path, Path]:
 _EXTRACTORS: dict[tuple[str, str], Extractor] = {}
 
 
-def _extractor(spec: FeatureSpec, asset_dir: str) -> Extractor:
+def _extractor(spec: FeatureSpec, asset_dir: str, jobs: int) -> Extractor:
     # One extractor (and, for neural methods, one ONNX session) per worker process, reused across chunks.
     key = (spec.sha256(), asset_dir)
     if key not in _EXTRACTORS:
         cv2.setNumThreads(1)  # parallelism comes from the worker processes; nested threads oversubscribe
+        if spec.is_neural:
+            # jobs x threads must fit the cores; FLUXFRAME_ORT_THREADS, when set, still wins.
+            configure_runtime(jobs=jobs)
         _EXTRACTORS[key] = create_extractor(spec, Path(asset_dir))
     return _EXTRACTORS[key]
 
 
 def extract_chunk(task: ChunkTask) -> ChunkStats:
     spec = FeatureSpec.from_dict(task.spec_json)
-    extractor = _extractor(spec, task.asset_dir)
+    extractor = _extractor(spec, task.asset_dir, task.jobs)
     size = spec.prepared_size()
     root = Path(task.pool_root)
     rows: dict[str, list[Any]] = {name: [] for name in SHARD_META_SCHEMA.names}
