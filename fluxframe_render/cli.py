@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from fluxframe_render.assign import ASSIGN_MODES
 from fluxframe_render.render import DEFAULT_WEIGHTS, RenderOptions, RenderResult, render
 from fluxframe_render.video import X264_PRESETS
 from shared import __version__
@@ -36,9 +37,15 @@ def _summary(result: RenderResult) -> str:
     where = result.video_path if result.video_path is not None else result.results_path
     resumed = f", {result.resumed_frames} from checkpoint" if result.resumed_frames else ""
     held = f", {result.held} held" if result.held else ""
+    assign = ""
+    if result.assign.get("mode") == "global":
+        a = result.assign
+        assign = (
+            f", mean score {a['mean_score']:.4f} vs greedy {a['greedy_mean_score']:.4f} ({a['mean_score_gain']:+.4f})"
+        )
     return (
         f"{PROG}: {result.frames} frames at {result.fps:g} fps{resumed}, {result.distinct_images} distinct images, "
-        f"{result.repeats} repeats{held}, {result.total_seconds:.1f} s -> {where}"
+        f"{result.repeats} repeats{held}{assign}, {result.total_seconds:.1f} s -> {where}"
     )
 
 
@@ -77,6 +84,20 @@ def _summary(result: RenderResult) -> str:
     help="IVF bundles: lists searched per frame (more = better matches, slower) [default: the bundle's].",
 )
 @click.option("--no-repeat", is_flag=True, help="Use every image at most once: the best unused image per frame.")
+@click.option(
+    "--assign",
+    type=click.Choice(ASSIGN_MODES),
+    default="greedy",
+    help="With --no-repeat: greedy gives each frame in turn its best unused image; global solves a window of "
+    "frames as one assignment (best total score, early frames cannot take the best images of later ones).",
+)
+@click.option(
+    "--assign-window",
+    type=click.IntRange(min=0),
+    default=0,
+    help="With --assign global: frames solved together (rounded up to whole match batches); progress is "
+    "checkpointed per window. 0: the whole clip.",
+)
 @click.option(
     "--seed",
     type=click.IntRange(min=0),
@@ -157,6 +178,8 @@ def main(
     search_depth: int,
     nprobe: int | None,
     no_repeat: bool,
+    assign: str,
+    assign_window: int,
     seed: int | None,
     threshold: float,
     fps_override: float | None,
@@ -200,6 +223,8 @@ def main(
         ]
         if unused:
             warn(f"{' and '.join(unused)} only apply with --demo; ignored")
+    if assign != "global" and ctx.get_parameter_source("assign_window") == click.core.ParameterSource.COMMANDLINE:
+        warn("--assign-window only applies with --assign global; ignored")
     with report_errors(PROG, debug):
         options = RenderOptions(
             edge_weight=edge_weight,
@@ -208,6 +233,8 @@ def main(
             search_depth=search_depth,
             nprobe=nprobe,
             no_repeat=no_repeat,
+            assign=assign,
+            assign_window=assign_window,
             seed=seed,
             threshold=threshold,
             fps_override=fps_override,

@@ -136,9 +136,12 @@ class FrameMatcher:
         self.timings.extract += time.perf_counter() - start
         return vectors
 
-    def candidates(self, queries: Vectors, used: UsedSet | None) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    def candidates(
+        self, queries: Vectors, used: UsedSet | None, k: int | None = None
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        """Top ``k`` (default: the matcher's) pool images per query, ``used`` excluded."""
         start = time.perf_counter()
-        scores, ids = self.searcher.search(queries, self.k, used)
+        scores, ids = self.searcher.search(queries, k or self.k, used)
         self.timings.search += time.perf_counter() - start
         return scores, ids
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fluxframe_render.assign import ASSIGN_MODES, Candidates, assign_window, candidate_depth
 from fluxframe_render.checkpoint import (
     CHECKPOINT_NAME,
     Checkpoint,
@@ -38,7 +39,7 @@ from fluxframe_render.checkpoint import (
 )
 from fluxframe_render.compose import JpegWriter, MatchedImages, side_by_side
 from fluxframe_render.lock import OutputLock
-from fluxframe_render.match import FrameMatcher, auto_match_batch, prepared_batches
+from fluxframe_render.match import Batch, FrameMatcher, auto_match_batch, prepared_batches
 from fluxframe_render.select import HELD, Choice, FrameRef, SelectionPolicy, Selector
 from fluxframe_render.video import X264_PRESETS, FrameReader, SourceFrame, VideoInfo, VideoWriter, probe_video
 from shared import __version__
@@ -69,6 +70,8 @@ class RenderOptions:
     search_depth: int = 10
     nprobe: int | None = None
     no_repeat: bool = False
+    assign: str = "greedy"  # no-repeat: "greedy" frame by frame, or "global" (assign.py) per window
+    assign_window: int = 0  # --assign global: frames per window, 0 = the whole clip
     seed: int | None = None
     threshold: float = 0.0
     fps_override: float | None = None
@@ -97,6 +100,12 @@ class RenderOptions:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
         checks: list[tuple[bool, str]] = [
             (self.search_depth >= 1, f"--search-depth must be >= 1, got {self.search_depth}"),
+            (self.assign in ASSIGN_MODES, f"--assign must be one of {', '.join(ASSIGN_MODES)}, got {self.assign!r}"),
+            (self.assign_window >= 0, f"--assign-window must be >= 0, got {self.assign_window}"),
+            (
+                self.assign != "global" or self.no_repeat,
+                "--assign global shares images out without repeats: it needs --no-repeat",
+            ),
             (self.nprobe is None or self.nprobe >= 1, f"--nprobe must be >= 1, got {self.nprobe}"),
             (self.seed is None or self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
             (
@@ -161,6 +170,7 @@ class RenderResult:
     missing_images: int
     audio: str | None  # "copy", "aac" or None
     warnings: list[str] = field(default_factory=list)
+    assign: dict[str, Any] = field(default_factory=dict)  # results.json "assign": mode, mean scores
 
     @property
     def output_fps(self) -> float:
@@ -226,7 +236,18 @@ class _Run:
         # With no-repeat, frame j of a batch can find j of its candidates taken by the frames
         # before it in the same batch: k >= batch size keeps one free without a second search.
         depth = self.options.search_depth
+        if self.options.assign == "global":
+            return candidate_depth(depth)
         return max(depth, self.match_batch()) if self.options.no_repeat else depth
+
+    def assign_window(self) -> int:
+        """--assign global: frames per window (0 = the whole clip), rounded up to whole match batches.
+
+        Windows then start where batches do, so a run resumed at a window's start searches
+        exactly the batches an uninterrupted run searched.
+        """
+        window, batch = self.options.assign_window, self.match_batch()
+        return -(-window // batch) * batch
 
     def nprobe(self) -> int | None:
         manifest = self.bundle.manifest
@@ -248,6 +269,8 @@ class _Run:
             "image_limit": options.image_limit,
             "match_batch": self.match_batch(),
             "k": self.search_k(),
+            # Only global runs name it: checkpoints of greedy runs made before it existed stay valid.
+            **({"assign": "global", "assign_window": self.assign_window()} if options.assign == "global" else {}),
         }
 
     def pool_size(self) -> int:
@@ -295,6 +318,9 @@ class _Run:
         started = time.perf_counter()
         bar = progress_bar(reader.expected, "matching", "frame", enabled=options.progress, initial=done)
         batches = prepared_batches(reader, self.bundle.spec.prepared_size(), batch, first=first)
+        windows = None
+        if options.assign == "global":
+            windows = _Windows(selector, matcher, self.assign_window(), batch)
         try:
             while True:
                 wait = time.perf_counter()
@@ -303,6 +329,14 @@ class _Run:
                 if item is None:
                     break
                 queries = matcher.queries(item.prepared)
+                if windows is not None:
+                    windows.add(item, queries, done)
+                    if windows.full():  # windows are whole batches: a batch fills one exactly
+                        made = windows.solve()
+                        choices.extend(made)
+                        checkpoint.save(made)  # a window is saved whole, once solved: resume starts at a window
+                        bar.update(len(made))
+                    continue
                 used = first_used if item.frames[0].index == first and first_used is not None else selector.used
                 scores, ids = matcher.candidates(queries, used)
                 select_start = time.perf_counter()
@@ -319,6 +353,11 @@ class _Run:
                         checkpoint.save(saving)
                     bar.update(1)
                 timings.select += time.perf_counter() - select_start
+            if windows is not None and windows.frames:
+                made = windows.solve()
+                choices.extend(made)
+                checkpoint.save(made)
+                bar.update(len(made))
         finally:
             batches.close()  # stops the decoding thread now, not when the traceback is freed
             bar.close()
@@ -409,6 +448,66 @@ class _Run:
         return mp4, audio, len(images.missing)
 
 
+class _Windows:
+    """--assign global: the frames of the current window, their queries and candidates, until it is solved."""
+
+    def __init__(self, selector: Selector, matcher: FrameMatcher, size: int, batch: int) -> None:
+        self.selector = selector
+        self.matcher = matcher
+        self.size = size  # 0: the whole clip is one window
+        self.batch = batch
+        self.frames: list[FrameRef] = []
+        self._queries: list[NDArray[np.float32]] = []
+        self._scores: list[NDArray[np.float32]] = []
+        self._ids: list[NDArray[np.int64]] = []
+
+    def add(self, item: Batch, queries: NDArray[np.float32], done: int) -> None:
+        """Search a batch (the images of earlier windows excluded) and keep its frames from ``done`` on."""
+        scores, ids = self.matcher.candidates(queries, self.selector.used)
+        keep = [row for row, frame in enumerate(item.frames) if frame.index >= done]
+        self.frames.extend(item.frames[row] for row in keep)
+        self._queries.append(queries[keep])
+        self._scores.append(scores[keep])
+        self._ids.append(ids[keep])
+
+    def full(self) -> bool:
+        return self.size > 0 and len(self.frames) >= self.size
+
+    def _scorer(self, query: NDArray[np.float32]) -> Callable[[int], float]:
+        return lambda image_id: self.matcher.score_of(query, image_id)
+
+    def solve(self) -> list[Choice]:
+        """Assign the window's images (see assign.py) and record them; returns the window's choices."""
+        used = self.selector.used
+        assert used is not None, "--assign global runs with no-repeat"
+        timings = self.matcher.timings
+        started, searched = time.perf_counter(), timings.search
+        queries = np.concatenate(self._queries)
+
+        def research(rows: NDArray[np.intp], k: int, excluded: UsedSet) -> Candidates:
+            return self.matcher.candidates(queries[rows], excluded, k)
+
+        result = assign_window(
+            np.concatenate(self._scores), np.concatenate(self._ids), used, research, batch=self.batch
+        )
+        choices = []
+        for row, frame in enumerate(self.frames):
+            choices.append(
+                self.selector.assigned(
+                    frame,
+                    int(result.image_ids[row]),
+                    float(result.scores[row]),
+                    self._scorer(queries[row]),
+                    greedy_score=float(result.greedy_scores[row]),
+                )
+            )
+        self.frames, self._queries, self._scores, self._ids = [], [], [], []
+        timings.frames += len(choices)
+        # Searches made while solving are counted under search already.
+        timings.select += time.perf_counter() - started - (timings.search - searched)
+        return choices
+
+
 def _choose(
     selector: Selector,
     matcher: FrameMatcher,
@@ -455,6 +554,31 @@ def _counts(choices: list[Choice]) -> dict[str, int]:
     }
 
 
+def _assign_summary(run: _Run, choices: list[Choice]) -> dict[str, Any]:
+    """How no-repeat shared the images out: mean score, and for --assign global the greedy comparison.
+
+    Means are over the frames that show their own match (held frames excluded).
+    """
+    options = run.options
+    if not options.no_repeat:
+        return {}
+    shown = [c for c in choices if c.fallback != HELD]
+    mean = float(np.mean([c.score for c in shown])) if shown else 0.0
+    if options.assign != "global":
+        return {"mode": "greedy", "mean_score": mean, "frames": len(shown)}
+    greedy = float(np.mean([c.greedy_score for c in shown if c.greedy_score is not None])) if shown else 0.0
+    depth = run.search_k()
+    return {
+        "mode": "global",
+        "window": run.assign_window(),
+        "candidates_per_frame": depth,
+        "frames": len(shown),
+        "mean_score": mean,
+        "greedy_mean_score": greedy,
+        "mean_score_gain": mean - greedy,
+    }
+
+
 def _results(
     run: _Run, header: Header, choices: list[Choice], end: dict[str, Any], output: dict[str, Any]
 ) -> dict[str, Any]:
@@ -480,6 +604,7 @@ def _results(
         },
         "options": options,
         "match_options": header.match_options,
+        "assign": _assign_summary(run, choices),
         "seed": header.seed,
         "output": output,
         "counts": {
@@ -581,4 +706,5 @@ def render(
         missing_images=missing,
         audio=audio,
         warnings=run.warnings,
+        assign=_assign_summary(run, choices),
     )

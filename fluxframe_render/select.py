@@ -15,6 +15,10 @@ Three rules, applied frame by frame in output order:
   the same image continuing, not a duplicate pick. The very first frame has nothing to
   hold, so it takes its best candidate anyway (``fallback = "first_below_threshold"``).
   In random mode, candidates below T are never drawn.
+
+With ``--assign global`` (see assign.py) the images of a window of frames are chosen
+together; ``Selector.assigned`` then records each frame's assigned image under the same
+threshold rule.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from shared.search import UsedSet
 
 HELD = "held"
 FIRST_BELOW_THRESHOLD = "first_below_threshold"
+FALLBACKS = (None, HELD, FIRST_BELOW_THRESHOLD)
 
 
 @dataclass(frozen=True)
@@ -51,11 +56,12 @@ class Choice:
     time: float
     image_id: int
     score: float  # weighted similarity of the shown image to this frame
-    threshold_applied: bool  # the best candidate scored below the threshold
-    fallback: str | None  # None, "held" or "first_below_threshold"
+    threshold_applied: bool  # the best (or assigned) candidate scored below the threshold
+    fallback: str | None  # one of FALLBACKS
+    greedy_score: float | None = None  # --assign global: what greedy no-repeat would have scored here
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "index": self.index,
             "source_index": self.source_index,
             "time": self.time,
@@ -64,12 +70,16 @@ class Choice:
             "threshold_applied": self.threshold_applied,
             "fallback": self.fallback,
         }
+        if self.greedy_score is not None:
+            data["greedy_score"] = self.greedy_score
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Choice:
         fallback = data["fallback"]
-        if fallback not in (None, HELD, FIRST_BELOW_THRESHOLD):
+        if fallback not in FALLBACKS:
             raise ValueError(f"unknown fallback {fallback!r}")
+        greedy = data.get("greedy_score")
         return cls(
             index=int(data["index"]),
             source_index=int(data["source_index"]),
@@ -78,6 +88,7 @@ class Choice:
             score=float(data["score"]),
             threshold_applied=bool(data["threshold_applied"]),
             fallback=fallback,
+            greedy_score=None if greedy is None else float(greedy),
         )
 
 
@@ -158,6 +169,32 @@ class Selector:
             pick = best if self.used is not None else self._draw(frame.index, positions, scores)
             image_id, score = int(ids[pick]), float(scores[pick])
             choice = Choice(frame.index, frame.source_index, frame.time, image_id, score, False, None)
+        self.record(choice)
+        return choice
+
+    def assigned(
+        self,
+        frame: FrameRef,
+        image_id: int,
+        score: float,
+        score_of: Callable[[int], float],
+        *,
+        greedy_score: float,
+    ) -> Choice:
+        """Record the image a global assignment gave ``frame``, under the threshold rule of ``choose``.
+
+        A frame below the threshold holds the previous image; the image it was assigned
+        is then not shown, so it is not used up for later windows.
+        """
+        below = self.policy.threshold > 0 and score < self.policy.threshold
+        at = (frame.index, frame.source_index, frame.time)
+        if below and self.previous is not None:
+            held = self.previous.image_id
+            choice = Choice(*at, held, score_of(held), True, HELD, greedy_score)
+        elif below:
+            choice = Choice(*at, image_id, score, True, FIRST_BELOW_THRESHOLD, greedy_score)
+        else:
+            choice = Choice(*at, image_id, score, False, None, greedy_score)
         self.record(choice)
         return choice
 
