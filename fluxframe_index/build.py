@@ -39,7 +39,7 @@ from shared.bundle import (
 )
 from shared.cli_support import progress_bar
 from shared.errors import BundleError, OutputError, UsageError
-from shared.features.base import create_extractor, method_info
+from shared.features.base import Block, create_extractor, method_info
 from shared.hashing import sha256_json
 from shared.images import DEFAULT_MAX_PIXELS
 from shared.lock import ExclusiveLock
@@ -175,13 +175,9 @@ def _build_bundle(
         shutil.copy2(asset, work / asset.name)
     count, decode_rejected = _assemble(tasks, shard_dir, work, dim, options.progress)
     rejected = sorted([*scan.rejected, *decode_rejected], key=lambda r: os.fsencode(r.path))
-    write_rejected(work / REJECTED, rejected)
     if count == 0:
         raise UsageError(f"{pool}: none of the {len(scan.entries)} image files could be used; see the reasons above")
-    index_info = IndexInfo()
-    if options.index_kind == "ivf":
-        index_info = build_ivf_index(work / VECTORS, work / INDEX, nlist=options.ivf_nlist, progress=options.progress)
-    manifest = finalize_bundle(
+    manifest = seal_bundle(
         work,
         dest,
         spec=spec,
@@ -189,14 +185,46 @@ def _build_bundle(
         pool_root=scan.root,
         pool_fingerprint=fingerprint,
         count=count,
-        rejected_count=len(rejected),
-        dim=dim,
-        index=index_info,
-        extra={"request": options.request(), "plan_sha256": sha256_json(plan)},
+        rejected=rejected,
+        options=options,
+        extra={"plan_sha256": sha256_json(plan)},
     )
     stage_seconds["finalize"] = time.perf_counter() - t_final
     discard_staging(stage)
     return BuildResult(dest, manifest, False, count, rejected, resumed, time.perf_counter() - started, stage_seconds)
+
+
+def seal_bundle(
+    work: Path,
+    dest: Path,
+    *,
+    spec: FeatureSpec,
+    blocks: tuple[Block, ...],
+    pool_root: Path,
+    pool_fingerprint: str,
+    count: int,
+    rejected: list[ScanRejection],
+    options: BuildOptions,
+    extra: dict[str, Any],
+) -> Manifest:
+    """Finish an assembled bundle folder: rejected.parquet, the IVF index if asked, manifest, swap into ``dest``."""
+    write_rejected(work / REJECTED, rejected)
+    index_info = IndexInfo()
+    if options.index_kind == "ivf":
+        index_info = build_ivf_index(work / VECTORS, work / INDEX, nlist=options.ivf_nlist, progress=options.progress)
+    return finalize_bundle(
+        work,
+        dest,
+        spec=spec,
+        blocks=blocks,
+        pool_root=pool_root,
+        pool_fingerprint=pool_fingerprint,
+        count=count,
+        rejected_count=len(rejected),
+        dim=sum(b.dim for b in blocks),
+        index=index_info,
+        extra={"request": options.request(), **extra},
+    )
 
 
 def _extensions() -> list[str]:

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fluxframe_index.assemble import IMAGE_COLUMNS, RowRun, sort_key, write_rejected, write_rows
+from fluxframe_index.assemble import IMAGE_COLUMNS, RowRun, sort_key, write_rows
 from fluxframe_index.build import (
     BuildOptions,
     BuildResult,
@@ -32,13 +32,13 @@ from fluxframe_index.build import (
     chunk_tasks,
     prepare_staging,
     run_chunks,
+    seal_bundle,
     shard_run,
     staging_dir,
 )
 from fluxframe_index.extract import ChunkStats, shard_paths
-from fluxframe_index.ivf import build_ivf_index
 from fluxframe_index.scan import PoolEntry, ScanRejection, ScanResult, scan_pool
-from shared.bundle import INDEX, REJECTED, VECTORS, IndexInfo, display_path, finalize_bundle, open_bundle
+from shared.bundle import display_path, open_bundle
 from shared.cli_support import progress_bar
 from shared.errors import UsageError
 from shared.features.base import create_extractor, method_info
@@ -213,11 +213,7 @@ def _update_bundle(
     write_rows(work, dim, count, runs())
     pq.write_table(pa.table({"old_id": remap_old, "new_id": remap_new}, schema=ID_REMAP_SCHEMA), work / ID_REMAP)
     rejected.sort(key=lambda r: sort_key(r.path))
-    write_rejected(work / REJECTED, rejected)
-    index_info = IndexInfo()
-    if options.index_kind == "ivf":
-        index_info = build_ivf_index(work / VECTORS, work / INDEX, nlist=options.ivf_nlist, progress=options.progress)
-    manifest = finalize_bundle(
+    manifest = seal_bundle(
         work,
         bundle,
         spec=spec,
@@ -225,15 +221,9 @@ def _update_bundle(
         pool_root=scan.root,
         pool_fingerprint=fingerprint,
         count=count,
-        rejected_count=len(rejected),
-        dim=dim,
-        index=index_info,
-        extra={
-            "request": options.request(),
-            "updated_from": old.bundle_id,
-            "update": counts.to_dict(),
-            "plan_sha256": sha256_json(plan),
-        },
+        rejected=rejected,
+        options=options,
+        extra={"updated_from": old.bundle_id, "update": counts.to_dict(), "plan_sha256": sha256_json(plan)},
     )
     shutil.rmtree(stage, ignore_errors=True)
     result = BuildResult(bundle, manifest, False, count, rejected, 0, time.perf_counter() - started)

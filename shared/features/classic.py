@@ -6,7 +6,7 @@ weights apply at query time. Every image of a batch has the same prepared size.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from shared.errors import BundleError
 from shared.features.base import (
     Block,
+    Extractor,
     Image,
     MethodInfo,
     Vectors,
@@ -286,42 +287,29 @@ def _spatial_color_factory(spec: FeatureSpec, asset_dir: Path) -> SpatialColorEx
     return SpatialColorExtractor(spec, projection)
 
 
-def _dim_of(factory_blocks: tuple[Block, ...]) -> int:
-    return sum(b.dim for b in factory_blocks)
+def _register_plain(name: str, summary: str, make: Callable[[FeatureSpec], Extractor]) -> None:
+    """A classic method that needs no assets: the extractor is made from the spec alone."""
+    register(
+        MethodInfo(
+            name=name,
+            summary=summary,
+            neural=False,
+            factory=lambda spec, _dir: make(spec),
+            prepare_assets=no_assets,
+            readiness=always_ready,
+            dim=lambda spec: sum(b.dim for b in make(spec).blocks),
+        )
+    )
 
 
-register(
-    MethodInfo(
-        name="canny",
-        summary="Canny edge orientation (4x4 grid) + Sobel texture + HSV colour; fastest",
-        neural=False,
-        factory=lambda spec, _dir: CannyExtractor(spec),
-        prepare_assets=no_assets,
-        readiness=always_ready,
-        dim=lambda spec: _dim_of(CannyExtractor(spec).blocks),
-    )
+_register_plain("canny", "Canny edge orientation (4x4 grid) + Sobel texture + HSV colour; fastest", CannyExtractor)
+_register_plain(
+    "spatial_pyramid",
+    "per-cell edges, texture and colour on a 2x2 or 3x3 grid (--spatial-grid); keeps layout",
+    SpatialPyramidExtractor,
 )
-register(
-    MethodInfo(
-        name="spatial_pyramid",
-        summary="per-cell edges, texture and colour on a 2x2 or 3x3 grid (--spatial-grid); keeps layout",
-        neural=False,
-        factory=lambda spec, _dir: SpatialPyramidExtractor(spec),
-        prepare_assets=no_assets,
-        readiness=always_ready,
-        dim=lambda spec: _dim_of(SpatialPyramidExtractor(spec).blocks),
-    )
-)
-register(
-    MethodInfo(
-        name="hog",
-        summary="histogram of oriented gradients (any aspect) + texture + 2x2 colour; best for motion",
-        neural=False,
-        factory=lambda spec, _dir: HogExtractor(spec),
-        prepare_assets=no_assets,
-        readiness=always_ready,
-        dim=lambda spec: _dim_of(HogExtractor(spec).blocks),
-    )
+_register_plain(
+    "hog", "histogram of oriented gradients (any aspect) + texture + 2x2 colour; best for motion", HogExtractor
 )
 register(
     MethodInfo(
