@@ -1,0 +1,153 @@
+"""ff-render through its API: matching ms/frame (--skip-output) and end-to-end frames/s at 720p.
+
+The clip is a 720p H.264 MP4 with AAC audio made from package pictures (data.py); the
+pools are the search benchmark's synthetic bundles (real canny features, tiled), whose
+rows point at real pool JPEGs, so the end-to-end figures decode real images. Exact
+figures use a flat twin of each bundle (same files, no IVF index).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from fluxframe_render.render import RenderOptions, render
+from tests.bench import data
+from tests.bench.common import Context, Row, at_least, at_most, child_dict, size_label
+from tests.bench.isolate import ChildFailed
+from tests.bench.search_bench import bench_root, synthetic_bundles
+
+GROUP = "render"
+# 1,000 frames: two full match batches and a partial one, as in a real render (a clip shorter than
+# one batch would be searched below FAISS's BLAS threshold only, which no long render is).
+CLIP_SECONDS = 40.0
+CLIP_FPS = 25
+E2E_SIZES = (20_000, 100_000)
+MATCH_MS_AT_100K = 10.0  # render issue: matching <= 10 ms/frame at 100k exact
+EXACT_MS_AT_500K = 15.0  # scale issue: matching (features + search) exact at 500K
+IVF_MS_AT_1M = 3.0  # scale issue: matching with IVF at 1M
+E2E_FPS = 25.0
+NO_REPEAT_RATIO = 1.5
+
+
+def render_once(video: str, bundle: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Child process: one fresh render; returns its counts and timings."""
+    shutil.rmtree(out, ignore_errors=True)
+    result = render(Path(video), Path(bundle), Path(out), RenderOptions(**options))
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "options": options,
+        "frames": result.frames,
+        "distinct_images": result.distinct_images,
+        "repeats": result.repeats,
+        "match_seconds": result.match_seconds,
+        "output_seconds": result.output_seconds,
+        "total_seconds": result.total_seconds,
+        "match_ms_per_frame": result.match_ms_per_frame,
+        "frames_per_second": result.frames / result.total_seconds if result.total_seconds > 0 else 0.0,
+        "audio": result.audio,
+        "missing_images": result.missing_images,
+        "warnings": result.warnings,
+    }
+
+
+def _flat_twin(ctx: Context, ivf_bundle: Path) -> Path:
+    dest = bench_root() / f"{ivf_bundle.name}-flat"
+    args = {"source_path": str(ivf_bundle), "dest_path": str(dest)}
+    ctx.isolated(GROUP, "tests.bench.synth:make_flat_twin", args, measure=False)
+    return dest
+
+
+def _render(ctx: Context, clip: Path, bundle: Path, name: str, **options: Any) -> dict[str, Any] | None:
+    """One render in a fresh process; a crash becomes a row of the table, not the end of the group."""
+    out = ctx.work / f"render-{name}"
+    args = {"video": str(clip), "bundle": str(bundle), "out": str(out), "options": options}
+    try:
+        return child_dict(ctx.isolated(GROUP, "tests.bench.render_bench:render_once", args))
+    except ChildFailed as exc:
+        ctx.add(Row(GROUP, f"render {name}", "failed", None, "", note=str(exc).splitlines()[0]))
+        return None
+
+
+def _match_target(kind: str, n: int, ms: dict[str, float]) -> tuple[str, bool | None]:
+    """The render issue's target is on the whole match loop; the scale issue's on features + search."""
+    if kind == "exact" and n == 100_000:
+        return at_most(ms["total"], MATCH_MS_AT_100K)
+    if kind == "exact" and n == 500_000:
+        return at_most(features_and_search(ms), EXACT_MS_AT_500K)
+    if kind == "IVF" and n == 1_000_000:
+        return at_most(features_and_search(ms), IVF_MS_AT_1M)
+    return "", None
+
+
+def features_and_search(ms: dict[str, float]) -> float:
+    """ms/frame of the match loop without waiting for video frames (decoded in a thread meanwhile)."""
+    return ms["extract"] + ms["search"] + ms["select"]
+
+
+def _matching(ctx: Context, clip: Path, n: int, kind: str, bundle: Path, figures: dict[str, Any]) -> None:
+    label = size_label(n)
+    ctx.log(f"render matching only, {label} pool, {kind}")
+    r = _render(ctx, clip, bundle, f"match-{label}-{kind}", skip_output=True, verify=False, seed=1)
+    if r is None:
+        return
+    figures[f"match_{label}_{kind}"] = r
+    ms = r["match_ms_per_frame"]
+    target, met = _match_target(kind, n, ms)
+    stages = ", ".join(f"{k} {v:.2f}" for k, v in ms.items() if k != "total")
+    setting = f"{label} pool, --skip-output"
+    if n >= 500_000:
+        ctx.add(Row(GROUP, f"matching ms/frame ({kind})", setting, ms["total"], "ms", note=stages))
+        name = f"features + search ms/frame ({kind})"
+        ctx.add(Row(GROUP, name, setting, features_and_search(ms), "ms", target, met, "extract + search + select"))
+    else:
+        ctx.add(Row(GROUP, f"matching ms/frame ({kind})", setting, ms["total"], "ms", target, met, stages))
+    if kind != "exact" or not (n == 100_000 or ctx.quick):
+        return
+    ctx.log(f"render matching only with --no-repeat, {label} pool, {kind}")
+    nr = _render(ctx, clip, bundle, f"norepeat-{label}", skip_output=True, verify=False, no_repeat=True)
+    if nr is None:
+        return
+    figures[f"match_{label}_{kind}_no_repeat"] = nr
+    nms = nr["match_ms_per_frame"]["total"]
+    ratio = nms / ms["total"] if ms["total"] > 0 else 0.0
+    ok = ratio <= NO_REPEAT_RATIO and nr["repeats"] == 0
+    note = f"{ratio:.2f}x of repeat; repeats {nr['repeats']}"
+    target = f"<= {NO_REPEAT_RATIO} x repeat"
+    ctx.add(Row(GROUP, f"matching ms/frame ({kind}, --no-repeat)", setting, nms, "ms", target, ok, note))
+
+
+def _end_to_end(ctx: Context, clip: Path, n: int, flat: Path, clip_label: str, figures: dict[str, Any]) -> None:
+    label = size_label(n)
+    for frames_too in (True, False):
+        name = "frames" if frames_too else "no-frames"
+        ctx.log(f"render end to end, {label} pool, exact, {name}")
+        r = _render(ctx, clip, flat, f"e2e-{label}-{name}", seed=1, save_frames=frames_too)
+        if r is None:
+            continue
+        figures[f"e2e_{label}_{name}"] = r
+        target, met = at_least(r["frames_per_second"], E2E_FPS)
+        setting = f"{label} pool, exact, {clip_label}" + ("" if frames_too else ", --no-frames")
+        note = f"match {r['match_seconds']:.1f} s + output {r['output_seconds']:.1f} s; audio {r['audio']}"
+        ctx.add(Row(GROUP, "end-to-end frames/s", setting, r["frames_per_second"], "fps", target, met, note))
+
+
+def run(ctx: Context) -> None:
+    clip_seconds = 2.0 if ctx.quick else CLIP_SECONDS
+    clip = data.ensure_clip(clip_seconds, CLIP_FPS, (1280, 720))
+    bundles = synthetic_bundles(ctx)
+    figures: dict[str, Any] = {}
+    clip_label = f"720p H.264, {clip_seconds:g} s at {CLIP_FPS} fps"
+    flats = {n: _flat_twin(ctx, path) for n, path in bundles.items()}
+    for n, ivf_bundle in bundles.items():
+        since = len(ctx.rows)
+        _matching(ctx, clip, n, "exact", flats[n], figures)
+        if n >= 100_000 or ctx.quick:
+            _matching(ctx, clip, n, "IVF", ivf_bundle, figures)
+        if n >= 500_000:
+            ctx.mark_large_only(since)
+    for n in E2E_SIZES if not ctx.quick else tuple(bundles):
+        if n in flats:
+            _end_to_end(ctx, clip, n, flats[n], clip_label, figures)
+    ctx.detail(GROUP, "figures", figures)

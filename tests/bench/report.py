@@ -1,0 +1,107 @@
+"""The benchmark's outputs: a printed table, bench-out/results.json, the README's bench section."""
+
+from __future__ import annotations
+
+import platform
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from shared.atomic import atomic_write_bytes
+
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+COLUMNS = ("Group", "Measurement", "Setting", "Result", "Target", "Status", "Notes")
+
+
+def machine() -> dict[str, Any]:
+    import cv2
+    import faiss
+    import numpy
+
+    from shared.images import turbojpeg_available
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": psutil.cpu_count(logical=True),
+        "ram_gb": round(psutil.virtual_memory().total / 1024**3, 1),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "faiss": faiss.__version__,
+        "opencv": cv2.__version__,
+        "turbojpeg": turbojpeg_available(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    for r in rows:
+        cells = (
+            r["group"],
+            r["name"],
+            r["setting"],
+            r["shown"],
+            r["target"],
+            r["status"],
+            r["note"] if r["value"] is not None else "",
+        )
+        lines.append("| " + " | ".join(_cell(str(c)) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def text_table(rows: list[dict[str, Any]]) -> str:
+    cols = ("group", "name", "setting", "shown", "target", "status")
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols} if rows else {c: len(c) for c in cols}
+    head = "  ".join(c.upper().ljust(widths[c]) for c in cols)
+    body = ["  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]
+    return "\n".join([head, "-" * len(head), *body])
+
+
+def readme_section(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    groups = results["groups"]
+    busy = ", ".join(f"{name} {g.get('cpu_busy_max_pct', 0):.0f}%" for name, g in groups.items())
+    rows = [r for g in groups.values() for r in g["rows"]]
+    how = "`make bench-large`" if results.get("large") else "`make bench`"
+    if results.get("quick"):
+        how += " with `--quick` (small sizes: a check that the suite runs, not figures to quote)"
+    return "\n".join(
+        [
+            f"Measured by {how} on {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM, {m['date']}; "
+            f"Python {m['python']}, FAISS {m['faiss']}, OpenCV {m['opencv']}, "
+            f"libjpeg-turbo {'yes' if m['turbojpeg'] else 'no'}. Highest CPU use by other work just before a "
+            f"measurement: {busy}. Raw figures: `{results.get('out', 'bench-out')}/results.json`.",
+            "",
+            markdown_table(rows),
+        ]
+    )
+
+
+def update_readme(readme: Path, section: str) -> bool:
+    """Replace what lies between the bench markers (a missing README is created with just them).
+
+    The rest of the README is not the benchmark's: without both markers, in order, the
+    file is left alone and False is returned.
+    """
+    text = readme.read_text(encoding="utf-8") if readme.exists() else f"{START}\n{END}\n"
+    if START not in text or END not in text or text.index(START) > text.index(END):
+        return False
+    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.DOTALL)
+    replaced = pattern.sub(lambda _m: f"{START}\n{section}\n{END}", text, count=1)
+    atomic_write_bytes(readme, replaced.encode("utf-8"))
+    return True

@@ -1,0 +1,125 @@
+"""Run the FluxFrame benchmarks: ``python -m tests.bench.run --out bench-out --readme README.md``.
+
+Groups (``--only build,search,render,neural``; all by default):
+
+- build: ff-index img/s per classic method with --jobs 1 and 2, decode share, peak RSS at 5k and 20k;
+- search: bundle open, exact and IVF ms/frame, IVF recall@10, no-repeat cost (20k, 100k; --large: 500k, 1M);
+- render: ff-render matching ms/frame and end-to-end frames/s on a 720p clip;
+- neural: efficientnet img/s and export time, when a model has been exported.
+
+Data are generated on the spot and cached under .bench/. Results: a table on stdout,
+OUT/results.json (groups not run this time keep their previous figures) and the
+README section between the bench markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from shared.atomic import atomic_write_json
+from tests.bench import build_bench, neural_bench, render_bench, search_bench
+from tests.bench.common import Context, Row, load_average, rows_as_dicts
+from tests.bench.report import machine, readme_section, text_table, update_readme
+
+GROUPS: dict[str, Callable[[Context], None]] = {
+    "build": build_bench.run,
+    "search": search_bench.run,
+    "render": render_bench.run,
+    "neural": neural_bench.run,
+}
+RESULTS = "results.json"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("bench-out"), help="folder for results.json and logs")
+    parser.add_argument("--readme", type=Path, default=None, help="README whose bench section is replaced")
+    parser.add_argument("--large", action="store_true", help="add 500K and 1M vector pools (long)")
+    parser.add_argument("--quick", action="store_true", help="small sizes: check the suite runs (figures mean little)")
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each measurement, wait up to SECONDS for other work to leave the CPUs",
+    )
+    parser.add_argument("--only", default=",".join(GROUPS), help=f"comma-separated groups: {','.join(GROUPS)}")
+    args = parser.parse_args(argv)
+    args.groups = [g.strip() for g in args.only.split(",") if g.strip()]
+    unknown = [g for g in args.groups if g not in GROUPS]
+    if unknown:
+        parser.error(f"unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
+    return args
+
+
+def previous_groups(path: Path) -> dict[str, Any]:
+    try:
+        groups = json.loads(path.read_text()).get("groups", {})
+    except (OSError, ValueError):
+        return {}
+    return groups if isinstance(groups, dict) else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = Context(
+        out=out.absolute(), large=args.large, jobs=os.cpu_count() or 1, quick=args.quick, wait_idle=args.wait_idle
+    )
+    groups = previous_groups(out / RESULTS)
+    failed = []
+    started = time.perf_counter()
+    for name in args.groups:
+        ctx.rows, ctx.details, ctx.busiest = [], {}, 0.0
+        t0 = time.perf_counter()
+        ctx.log(f"=== {name} ===")
+        try:
+            GROUPS[name](ctx)
+        except Exception as exc:  # one group's failure must not hide the others' figures
+            failed.append(name)
+            traceback.print_exc()
+            ctx.add(Row(name, "failed", "", None, "", note=f"{type(exc).__name__}: {str(exc).splitlines()[0]}"))
+        rows = rows_as_dicts(ctx.rows)
+        previous = groups.get(name, {})
+        kept = [] if args.large else [r for r in previous.get("rows", []) if r.get("large_only")]
+        groups[name] = {
+            "rows": rows + kept,
+            "cpu_busy_max_pct": ctx.busiest,
+            "details": ctx.details.get(name, {}),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "load_average": load_average(),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "large": args.large,
+        }
+        if kept:
+            # A plain run does not measure the 500k/1M pools: their last --large figures stay.
+            groups[name]["large_details"] = previous.get("large_details") or previous.get("details", {})
+    ordered = {g: groups[g] for g in GROUPS if g in groups}
+    results = {"machine": machine(), "large": args.large, "quick": args.quick, "out": str(out), "groups": ordered}
+    atomic_write_json(out / RESULTS, results)
+    all_rows = [r for g in ordered.values() for r in g["rows"]]
+    print()
+    print(text_table(all_rows))
+    print(f"\nbenchmarks took {time.perf_counter() - started:.0f} s; figures in {out / RESULTS}")
+    if args.readme is not None:
+        if update_readme(args.readme, readme_section(results)):
+            print(f"updated the bench section of {args.readme}")
+        else:
+            print(f"{args.readme} has no <!-- bench:start --> ... <!-- bench:end --> section; left unchanged")
+    missed = [r for r in all_rows if r["met"] is False]
+    if missed:
+        print(f"{len(missed)} target(s) missed: " + "; ".join(f"{r['name']} ({r['setting']})" for r in missed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
