@@ -38,12 +38,17 @@ class RowRun:
 
 
 def write_rows(work: Path, dim: int, count: int, runs: Iterable[RowRun]) -> int:
-    """Stream ``runs`` into work/vectors.npy ([count, dim], preallocated) and work/images.parquet.
+    """Stream ``runs`` into work/vectors.npy ([count, dim]) and work/images.parquet.
 
-    images.parquet gets row groups of exactly IMAGES_ROW_GROUP rows, so a reader
-    finds the row group of an id by division.
+    The vectors are appended with plain writes after an .npy header: a writable
+    memmap would keep every written page in this process's RSS, which then grows
+    with the pool. images.parquet gets row groups of exactly IMAGES_ROW_GROUP
+    rows, so a reader finds the row group of an id by division.
     """
-    vectors = np.lib.format.open_memmap(work / VECTORS, mode="w+", dtype=np.float32, shape=(count, dim))
+    vectors = open(work / VECTORS, "wb")  # noqa: SIM115 - closed in the finally below
+    np.lib.format.write_array_header_1_0(
+        vectors, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": (count, dim)}
+    )
     writer = pq.ParquetWriter(work / IMAGES, IMAGES_SCHEMA)
     pending: dict[str, list[Any]] = {name: [] for name in IMAGES_SCHEMA.names}
     next_id = 0
@@ -54,7 +59,7 @@ def write_rows(work: Path, dim: int, count: int, runs: Iterable[RowRun]) -> int:
                 continue
             if next_id + n > count or run.vectors.shape[1] != dim:
                 raise BundleError(f"rows do not add up: {next_id + n} > {count} or dim {run.vectors.shape[1]} != {dim}")
-            vectors[next_id : next_id + n] = run.vectors
+            vectors.write(np.ascontiguousarray(run.vectors, dtype="<f4").tobytes())
             pending["id"].extend(range(next_id, next_id + n))
             for name in IMAGE_COLUMNS:
                 pending[name].extend(run.columns[name])
@@ -62,14 +67,13 @@ def write_rows(work: Path, dim: int, count: int, runs: Iterable[RowRun]) -> int:
             while len(pending["id"]) >= IMAGES_ROW_GROUP:
                 _flush(writer, pending, IMAGES_ROW_GROUP)
         _flush(writer, pending, len(pending["id"]))
+        if next_id != count:
+            raise BundleError(f"expected {count} rows, assembled {next_id}")
+        vectors.flush()
+        os.fsync(vectors.fileno())
     finally:
         writer.close()
-    if next_id != count:
-        raise BundleError(f"expected {count} rows, assembled {next_id}")
-    vectors.flush()
-    del vectors
-    with open(work / VECTORS, "rb+") as handle:
-        os.fsync(handle.fileno())
+        vectors.close()
     return next_id
 
 

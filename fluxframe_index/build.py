@@ -344,14 +344,17 @@ def _parallel(options: BuildOptions) -> Parallel:
 def _assemble(
     tasks: list[ChunkTask], shard_dir: Path, work: Path, dim: int, progress: bool
 ) -> tuple[int, list[ScanRejection]]:
-    """Stream the shards, in entry order, into the bundle's vectors and image table."""
-    metas = [pq.read_table(shard_paths(shard_dir, t.index)[1]) for t in tasks]
-    count = sum(int(pa.compute.sum(pa.compute.equal(m.column("status"), "ok")).as_py() or 0) for m in metas)
+    """Stream the shards, in entry order, into the bundle's vectors and image table.
+
+    One shard's table is in memory at a time; the row count comes from the shards' .npy headers.
+    """
+    count = sum(_shard_rows(shard_paths(shard_dir, t.index)[0]) for t in tasks)
     rejected: list[ScanRejection] = []
 
     def runs() -> Iterator[RowRun]:
         with progress_bar(len(tasks), "assemble", "shard", progress) as bar:
-            for task, meta in zip(tasks, metas, strict=True):
+            for task in tasks:
+                meta = pq.read_table(shard_paths(shard_dir, task.index)[1])
                 run, bad = shard_run(shard_dir, task.index, meta, dim)
                 rejected.extend(bad)
                 yield run
@@ -359,6 +362,11 @@ def _assemble(
 
     write_rows(work, dim, count, runs())
     return count, rejected
+
+
+def _shard_rows(path: Path) -> int:
+    shard = np.load(path, mmap_mode="r", allow_pickle=False)
+    return int(shard.shape[0])
 
 
 def shard_run(shard_dir: Path, index: int, meta: pa.Table, dim: int) -> tuple[RowRun, list[ScanRejection]]:
