@@ -265,11 +265,12 @@ def describe(bundle: Bundle) -> list[str]:
     m = bundle.manifest
     size = sum(int(f["bytes"]) for f in m.files.values())
     spec: dict[str, Any] = m.spec.to_dict()
+    params = [f"{k}={v}" for k, v in sorted(spec.items()) if k != "method" and v != ""]
     lines = [
         f"bundle      {bundle.path}",
         f"bundle_id   {m.bundle_id}",
         f"format      v{m.format_version}, written by FluxFrame {m.tool_version} at {m.created_at}",
-        f"method      {m.spec.method}  ({', '.join(f'{k}={v}' for k, v in sorted(spec.items()) if k != 'method')})",
+        f"method      {m.spec.method}  ({', '.join(params)})",
         f"vectors     {m.count} x {m.dim} float32  (blocks: {', '.join(f'{b.name} {b.dim}' for b in m.blocks)})",
         f"index       {m.index.kind}"
         + (f" nlist={m.index.nlist} default nprobe={m.index.default_nprobe}" if m.index.kind == "ivf" else ""),
