@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from fluxframe_index.assemble import IMAGE_COLUMNS, RowRun, sort_key, write_rejected, write_rows
-from fluxframe_index.build import BuildResult, bundle_lock, staging_dir
+from fluxframe_index.build import BuildResult, bundle_lock, discard_staging, staging_dir
 from fluxframe_index.ivf import build_ivf_index
 from fluxframe_index.scan import ScanRejection
 from shared.bundle import INDEX, REJECTED, VECTORS, Bundle, IndexInfo, finalize_bundle, open_bundle
@@ -121,7 +121,7 @@ def _merge_bundles(
             "merged_from": [b.bundle_id for b in bundles],
         },
     )
-    shutil.rmtree(stage, ignore_errors=True)
+    discard_staging(stage)
     return BuildResult(dest, manifest, False, count, rejected, 0, time.perf_counter() - started)
 
 

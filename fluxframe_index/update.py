@@ -30,6 +30,7 @@ from fluxframe_index.build import (
     _is_up_to_date,
     bundle_lock,
     chunk_tasks,
+    discard_staging,
     prepare_staging,
     run_chunks,
     seal_bundle,
@@ -225,6 +226,6 @@ def _update_bundle(
         options=options,
         extra={"updated_from": old.bundle_id, "update": counts.to_dict(), "plan_sha256": sha256_json(plan)},
     )
-    shutil.rmtree(stage, ignore_errors=True)
+    discard_staging(stage)
     result = BuildResult(bundle, manifest, False, count, rejected, 0, time.perf_counter() - started)
     return result, counts
