@@ -159,13 +159,12 @@ def _part_done(root: Path, part: int) -> bool:
         return False
 
 
-def ensure_parts(parts: int, jobs: int, log: bool = True) -> Path:
+def ensure_parts(parts: int, jobs: int) -> Path:
     """Generate (or reuse) part folders 0..parts-1 of the cached pool; return the parts' root."""
     root = BENCH_ROOT / f"pool-v{POOL_VERSION}" / "parts"
     todo = [p for p in range(parts) if not _part_done(root, p)]
     if todo:
-        if log:
-            print(f"[data] generating {len(todo) * PART_SIZE:,} JPEGs under {root} (cached for reruns)", flush=True)
+        print(f"[data] generating {len(todo) * PART_SIZE:,} JPEGs under {root} (cached for reruns)", flush=True)
         with ProcessPoolExecutor(max_workers=jobs) as ex:
             list(ex.map(_write_part, [str(root)] * len(todo), todo))
     return root
@@ -184,14 +183,6 @@ def pool_dir(images: int, jobs: int) -> Path:
         if not link.is_symlink():
             link.symlink_to(os.path.relpath(root / link.name, pool))
     return pool.absolute()
-
-
-def pool_bytes(pool: Path) -> int:
-    total = 0
-    for part in sorted(pool.iterdir()):
-        marker = part / ".done.json"
-        total += int(json.loads(marker.read_text())["bytes"])
-    return total
 
 
 def _clip_frame(t: float, size: tuple[int, int], sources: tuple[Image, ...], shot_seconds: float) -> Image:

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
-from fluxframe_index.ivf import build_ivf_index
+from fluxframe_index.ivf import auto_nlist, auto_nprobe, build_ivf_index
 from shared.bundle import (
     IMAGES,
     IMAGES_ROW_GROUP,
@@ -66,7 +66,19 @@ def perturb(
 
 
 def recipe(source: Bundle, n: int, ivf: bool) -> dict[str, Any]:
-    return {"version": SYNTH_VERSION, "source": source.bundle_id, "n": n, "ivf": ivf, "noise": list(NOISE_RANGE)}
+    """Everything a cached synthetic bundle depends on, ff-index's IVF rules included."""
+    want: dict[str, Any] = {
+        "version": SYNTH_VERSION,
+        "source": source.bundle_id,
+        "n": n,
+        "ivf": ivf,
+        "noise": list(NOISE_RANGE),
+    }
+    if ivf:
+        # The manifest records the default nprobe: a new rule in ff-index must not meet an old bundle.
+        nlist = auto_nlist(n)
+        want.update(nlist=nlist, default_nprobe=auto_nprobe(nlist))
+    return want
 
 
 def cached(dest: Path, want: dict[str, Any]) -> Bundle | None:
