@@ -25,15 +25,31 @@ from pathlib import Path
 from typing import Any
 
 from shared.atomic import atomic_write_json
-from tests.bench import build_bench, neural_bench, render_bench, search_bench
+from tests.bench import batch_bench, build_bench, data, dist_bench, neural_bench, render_bench, search_bench
 from tests.bench.common import Context, Row, load_average, rows_as_dicts
 from tests.bench.report import machine, readme_section, text_table, update_readme
+
+
+def update_group(ctx: Context) -> None:
+    """--update of a 1 % change vs a full build, and Dask LocalCluster vs loky (tests/bench/dist_bench.py)."""
+    pool = data.pool_dir(2_000 if ctx.quick else 20_000, ctx.jobs)
+    for row in dist_bench.run(ctx.work, pool):
+        ctx.add(Row(**row))  # type: ignore[arg-type]
+
+
+def batch_group(ctx: Context) -> None:
+    """make -j 2 renders: combined memory, vectors mapped not copied (tests/bench/batch_bench.py)."""
+    for row in batch_bench.run(ctx.work):
+        ctx.add(Row(**row))  # type: ignore[arg-type]
+
 
 GROUPS: dict[str, Callable[[Context], None]] = {
     "build": build_bench.run,
     "search": search_bench.run,
     "render": render_bench.run,
     "neural": neural_bench.run,
+    "distributed": update_group,
+    "batch": batch_group,
 }
 RESULTS = "results.json"
 
