@@ -115,15 +115,24 @@ def build_bundle(
     on_chunk: Callable[[ChunkStats], None] | None = None,
 ) -> BuildResult:
     """Build (or resume, or confirm up to date) the bundle at ``dest`` from the images under ``pool``."""
-    with bundle_lock(dest):
-        return _build_bundle(pool, Path(dest).absolute(), options, on_chunk)
+    started = time.perf_counter()
+    lock = bundle_lock(dest)
+    # The scan reads only the pool, so a bad pool is reported as such even while another build holds the lock.
+    scan = scan_pool(pool, limit=options.limit)
+    if not scan.entries:
+        raise UsageError(f"{pool}: no image files found (looked for {', '.join(sorted(_extensions()))})")
+    with lock:
+        return _build_bundle(scan, pool, Path(dest).absolute(), options, on_chunk, started)
 
 
 def _build_bundle(
-    pool: Path, dest: Path, options: BuildOptions, on_chunk: Callable[[ChunkStats], None] | None
+    scan: ScanResult,
+    pool: Path,
+    dest: Path,
+    options: BuildOptions,
+    on_chunk: Callable[[ChunkStats], None] | None,
+    started: float,
 ) -> BuildResult:
-    started = time.perf_counter()
-    scan = scan_pool(pool, limit=options.limit)
     spec = options.spec.canonical()
     info = method_info(spec.method)
     fingerprint = scan.fingerprint()
@@ -131,8 +140,6 @@ def _build_bundle(
     if current is not None and _is_up_to_date(current, spec, fingerprint, options, pool_root=scan.root):
         discard_staging(staging_dir(dest))  # left by a build killed after its bundle was in place
         return BuildResult(dest, current, True, current.count, [], 0, time.perf_counter() - started)
-    if not scan.entries:
-        raise UsageError(f"{pool}: no image files found (looked for {', '.join(sorted(_extensions()))})")
 
     stage = staging_dir(dest)
     plan = {
