@@ -74,7 +74,7 @@ class Context:
     jobs: int  # cores used to generate data (not a measured setting)
     quick: bool = False  # small sizes: checks that the suite runs; the figures mean little
     wait_idle: float = 0.0  # seconds to wait, before each measurement, for other work to leave the CPUs
-    busiest: float = 0.0  # highest CPU use by other work seen just before a measurement, percent
+    busiest: float = 0.0  # highest share of the CPUs other work took during a kept measurement, percent
     rows: list[Row] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -114,10 +114,10 @@ class Context:
             busy = self.other_load()
             result = run_isolated(target, args, log=self.out / "logs" / f"{group}.log", env=env)
             other = 100 * result.other_cpu_share
-            self.busiest = max(self.busiest, other)
             if not disturbed(result) or self.wait_idle <= 0 or attempt == RETRIES:
                 break
             self.log(f"other work took {other:.0f}% of the CPUs during that measurement: taking it again")
+        self.busiest = max(self.busiest, other)
         if disturbed(result):
             self.log(f"warning: other work took {other:.0f}% of the CPUs during that measurement")
         extra = {
@@ -141,7 +141,6 @@ class Context:
             busy = float(psutil.cpu_percent(interval=SAMPLE_SECONDS))
         if busy > IDLE_PERCENT:
             self.log(f"warning: {busy:.0f}% of the CPUs busy with other work; the next figure will suffer")
-        self.busiest = max(self.busiest, busy)
         return busy
 
 

@@ -72,10 +72,30 @@ def text_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([head, "-" * len(head), *body])
 
 
+def _most_disturbed(group: dict[str, Any]) -> float:
+    """The largest share of the CPUs (percent) other work took during any figure of the group."""
+    found: list[float] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "other_cpu_during_pct" and isinstance(value, int | float):
+                    found.append(float(value))
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(group.get("details", {}))
+    walk(group.get("large_details", {}))
+    return max(found, default=0.0)
+
+
 def readme_section(results: dict[str, Any]) -> str:
     m = results["machine"]
     groups = results["groups"]
-    busy = ", ".join(f"{name} {g.get('cpu_busy_max_pct', 0):.0f}%" for name, g in groups.items())
+    busy = ", ".join(f"{name} {_most_disturbed(g):.0f}%" for name, g in groups.items())
     rows = [r for g in groups.values() for r in g["rows"]]
     how = "`make bench-large`" if results.get("large") else "`make bench`"
     if results.get("quick"):
@@ -84,8 +104,8 @@ def readme_section(results: dict[str, Any]) -> str:
         [
             f"Measured by {how} on {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM, {m['date']}; "
             f"Python {m['python']}, FAISS {m['faiss']}, OpenCV {m['opencv']}, "
-            f"libjpeg-turbo {'yes' if m['turbojpeg'] else 'no'}. Highest CPU use by other work just before a "
-            f"measurement: {busy}. Raw figures: `{results.get('out', 'bench-out')}/results.json`.",
+            f"libjpeg-turbo {'yes' if m['turbojpeg'] else 'no'}. Largest share of the CPUs other work took "
+            f"during a measurement: {busy}. Raw figures: `{results.get('out', 'bench-out')}/results.json`.",
             "",
             markdown_table(rows),
         ]

@@ -8,8 +8,13 @@ Groups (``--only build,search,render,neural``; all by default):
 - neural: efficientnet img/s and export time, when a model has been exported.
 
 Data are generated on the spot and cached under .bench/. Results: a table on stdout,
-OUT/results.json (groups not run this time keep their previous figures) and the
-README section between the bench markers.
+OUT/results.json (groups not run this time keep their previous figures, and a plain run
+keeps the last --large run's 500k/1M rows) and the README section between the bench markers.
+
+On a shared machine, ``--wait-idle SECONDS`` waits for other work to leave the CPUs
+before each measurement and takes a disturbed one again; every figure records how much
+of the CPUs other work took meanwhile. ``--quick`` checks in a few minutes that the suite
+runs; ``--report-only`` rewrites the table and README from OUT/results.json.
 """
 
 from __future__ import annotations
@@ -67,6 +72,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="SECONDS",
         help="before each measurement, wait up to SECONDS for other work to leave the CPUs",
     )
+    parser.add_argument(
+        "--report-only", action="store_true", help="measure nothing: print and write the README from OUT/results.json"
+    )
     parser.add_argument("--only", default=",".join(GROUPS), help=f"comma-separated groups: {','.join(GROUPS)}")
     args = parser.parse_args(argv)
     args.groups = [g.strip() for g in args.only.split(",") if g.strip()]
@@ -94,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     groups = previous_groups(out / RESULTS)
     failed = []
     started = time.perf_counter()
-    for name in args.groups:
+    for name in [] if args.report_only else args.groups:
         ctx.rows, ctx.details, ctx.busiest = [], {}, 0.0
         t0 = time.perf_counter()
         ctx.log(f"=== {name} ===")
@@ -109,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         kept = [] if args.large else [r for r in previous.get("rows", []) if r.get("large_only")]
         groups[name] = {
             "rows": rows + kept,
-            "cpu_busy_max_pct": ctx.busiest,
+            "other_cpu_max_pct": ctx.busiest,
             "details": ctx.details.get(name, {}),
             "seconds": round(time.perf_counter() - t0, 1),
             "load_average": load_average(),
@@ -121,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
             groups[name]["large_details"] = previous.get("large_details") or previous.get("details", {})
     ordered = {g: groups[g] for g in GROUPS if g in groups}
     results = {"machine": machine(), "large": args.large, "quick": args.quick, "out": str(out), "groups": ordered}
-    atomic_write_json(out / RESULTS, results)
+    if args.report_only:
+        # The figures' own run decides how the README describes them.
+        results["large"] = any(g.get("large") for g in ordered.values())
+    else:
+        atomic_write_json(out / RESULTS, results)
     all_rows = [r for g in ordered.values() for r in g["rows"]]
     print()
     print(text_table(all_rows))
