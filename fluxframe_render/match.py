@@ -123,11 +123,21 @@ def prepared_batches(
 class FrameMatcher:
     """Describes prepared frames and ranks pool images for them."""
 
-    def __init__(self, extractor: Extractor, searcher: Searcher, weights: dict[str, float], k: int) -> None:
+    def __init__(
+        self,
+        extractor: Extractor,
+        searcher: Searcher,
+        weights: dict[str, float],
+        k: int,
+        *,
+        enough: int | None = None,
+    ) -> None:
         self.extractor = extractor
         self.searcher = searcher
         self.weights = weights
         self.k = k
+        # Unused candidates a row needs before an IVF probe stops looking wider (None: k).
+        self.enough = enough
         self.timings = MatchTimings()
 
     def queries(self, prepared: Sequence[Image]) -> Vectors:
@@ -141,7 +151,7 @@ class FrameMatcher:
     ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         """Top ``k`` (default: the matcher's) pool images per query, ``used`` excluded."""
         start = time.perf_counter()
-        scores, ids = self.searcher.search(queries, k or self.k, used)
+        scores, ids = self.searcher.search(queries, k or self.k, used, enough=self.enough)
         self.timings.search += time.perf_counter() - start
         return scores, ids
 

@@ -240,6 +240,14 @@ class _Run:
             return candidate_depth(depth)
         return max(depth, self.match_batch()) if self.options.no_repeat else depth
 
+    def search_enough(self) -> int | None:
+        # Greedy no-repeat takes one candidate per frame and searches a frame again when its
+        # list runs dry, so an IVF row is widened only below the search depth, not below k.
+        # --assign global needs every row's full candidate list.
+        if self.options.no_repeat and self.options.assign != "global":
+            return self.options.search_depth
+        return None
+
     def assign_window(self) -> int:
         """--assign global: frames per window (0 = the whole clip), rounded up to whole match batches.
 
@@ -311,7 +319,9 @@ class _Run:
             for choice in progress.choices[:first]:
                 first_used.add(choice.image_id)
         weights = header.match_options["weights"]
-        matcher = FrameMatcher(self.bundle.extractor(), self.searcher(), weights, self.search_k())
+        matcher = FrameMatcher(
+            self.bundle.extractor(), self.searcher(), weights, self.search_k(), enough=self.search_enough()
+        )
         timings = matcher.timings
         choices = list(progress.choices)
         pending: list[Choice] = []

@@ -226,15 +226,25 @@ class Searcher:
         self.stats = {"exact_fallback_rows": 0, "widened_rows": 0}
 
     def search(
-        self, queries: NDArray[np.float32], k: int, used: UsedSet | None = None
+        self, queries: NDArray[np.float32], k: int, used: UsedSet | None = None, *, enough: int | None = None
     ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-        """Top ``k`` unused candidates per query, best first (id -1 only when fewer images are unused)."""
+        """Top ``k`` unused candidates per query, best first.
+
+        Exact search fills all ``k`` slots (id -1 only when fewer images are unused). IVF
+        returns what the probed lists hold; a row with fewer than ``enough`` (default
+        ``k``) unused candidates there looks into more lists, then is searched exactly.
+        A greedy no-repeat caller that needs one free candidate per frame passes its search
+        depth: asking every row for a whole batch's worth would widen rows whose lists
+        hold plenty for the frame's own pick (the cost grew with the used share, measured).
+        """
         if k < 1:
             raise UsageError(f"search depth must be >= 1, got {k}")
+        if enough is not None and enough < 1:
+            raise UsageError(f"enough candidates must be >= 1, got {enough}")
         k = min(k, self.size)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.ivf is not None and not self._range_beats_ivf():
-            return self._search_ivf(queries, k, used)
+            return self._search_ivf(queries, k, used, min(k, enough or k))
         return self._exact(queries, k, used)
 
     def _range_beats_ivf(self) -> bool:
@@ -250,12 +260,12 @@ class Searcher:
         return exact_search_excluding(self.vectors, queries, k, used, limit=self.size)
 
     def _search_ivf(
-        self, queries: NDArray[np.float32], k: int, used: UsedSet | None
+        self, queries: NDArray[np.float32], k: int, used: UsedSet | None, enough: int
     ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         assert self.ivf is not None
         in_use = used is not None and used.count > 0
         available = self.size - (used.count_below(self.size) if used is not None and in_use else 0)
-        want = min(k, available)
+        want = min(enough, available)
         keep: list[faiss.IDSelector] = []  # FAISS holds raw pointers: the selectors must outlive the search
         selector = self._selector(used if in_use else None, keep)
         scores, ids = self._probe(queries, k, self.nprobe, selector)

@@ -238,6 +238,27 @@ def test_ivf_bundle_no_repeat_and_nprobe(media: Media, tmp_path: Path) -> None:
     assert results(tmp_path / "out")["match_options"]["nprobe"] == 1
 
 
+def test_ivf_no_repeat_resumed_mid_batch_equals_uninterrupted(media: Media, tmp_path: Path) -> None:
+    """Frames whose IVF lists ran dry are searched again alone: a run resumed mid-batch picks the same."""
+    from fluxframe_render.render import RenderOptions, render
+
+    bundle = build_small_bundle(media.pool, tmp_path / "ivf", index_kind="ivf", nlist=4)
+    settings: dict[str, object] = {"no_repeat": True, "nprobe": 1, "search_depth": 2, "fps_override": 11.0}
+    settings.update(match_batch=16, checkpoint_batch=1, skip_output=True)
+    options = RenderOptions(**settings)  # type: ignore[arg-type]
+    render(media.clip, bundle, tmp_path / "reference", options)
+    ids = image_ids(tmp_path / "reference")
+    assert len(ids) == len(set(ids)) == 44
+
+    out = tmp_path / "resumed"
+    out.mkdir()
+    lines = (tmp_path / "reference" / CHECKPOINT_NAME).read_text().splitlines(keepends=True)
+    (out / CHECKPOINT_NAME).write_text("".join(lines[: 1 + 36]))  # header + 36 frames: inside the last batch
+    resumed = render(media.clip, bundle, out, options)
+    assert resumed.resumed_frames == 36
+    assert (out / "results.json").read_bytes() == (tmp_path / "reference" / "results.json").read_bytes()
+
+
 def test_moved_pool_needs_pool_root(media: Media, tmp_path: Path) -> None:
     pool = tmp_path / "pool"
     shutil.copytree(media.pool, pool)

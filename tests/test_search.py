@@ -127,6 +127,35 @@ def test_ivf_lists_running_dry_widen_then_search_exactly(pool: Pool) -> None:
     assert searcher.stats["exact_fallback_rows"] > 0
 
 
+def test_ivf_widens_only_rows_with_fewer_than_enough_unused_candidates(pool: Pool) -> None:
+    """k deeper than a list (greedy no-repeat asks for a batch's worth): rows holding ``enough`` stay as probed."""
+    queries = frames(pool, 120, seed=8)
+    lean = Searcher(pool.vectors, ivf=pool.ivf, nprobe=1)
+    scores, ids = lean.search(queries, 200, None, enough=10)
+    assert lean.stats == {"exact_fallback_rows": 0, "widened_rows": 0}
+    found = (ids >= 0).sum(axis=1)
+    assert (found >= 10).all()
+    short_of_k = int((found < 200).sum())  # ~94 images a list
+    assert short_of_k > 60
+
+    deep = Searcher(pool.vectors, ivf=pool.ivf, nprobe=1)
+    _, widened_ids = deep.search(queries, 200, None)
+    assert deep.stats["widened_rows"] >= short_of_k
+    assert ((widened_ids >= 0).sum(axis=1) == 200).all()
+    # What a row holds is its probed list's best, in the widened answer's order where they agree.
+    assert (ids[:, 0] == widened_ids[:, 0]).mean() > 0.9
+
+    # Used images leave some rows' lists short of enough: those rows, and only those, look wider.
+    used = UsedSet(3000)
+    used.add_many(ids[:40, :].ravel()[ids[:40, :].ravel() >= 0])
+    short = Searcher(pool.vectors, ivf=pool.ivf, nprobe=1)
+    scores, ids = short.search(queries, 200, used, enough=10)
+    assert 0 < short.stats["widened_rows"] <= 120
+    assert ((ids >= 0).sum(axis=1) >= 10).all()
+    assert not used.bits[ids[ids >= 0]].any()
+    assert (np.diff(scores[:, :10], axis=1) <= 0).all()
+
+
 def test_used_set_keeps_its_packed_bitmap_in_step() -> None:
     used = UsedSet(1000)
     used.add_many([0, 7, 8, 999, 7])

@@ -8,8 +8,9 @@ No-repeat is measured on the hard case: queries come in scenes (runs of frames o
 one picture, as in a video), and the used set holds, besides random ids, the best
 matches of each scene's picture, as if earlier frames of the same scenes had taken
 them. A run then searches with the used ids excluded and picks greedily, exactly as
-ff-render does (k = max(search depth, batch), so a batch never re-searches), and
-checks that no image is chosen twice.
+ff-render does (k = max(search depth, batch); an IVF row looks into more lists only
+when its probe holds fewer than search-depth unused candidates; a frame whose list
+ran dry is searched again alone), and checks that no image is chosen twice.
 """
 
 from __future__ import annotations
@@ -119,12 +120,12 @@ def no_repeat_run(searcher: Searcher, queries: NDArray[np.float32], used: UsedSe
     started = time.perf_counter()
     for start in range(0, queries.shape[0], size):
         batch = queries[start : start + size]
-        _, ids = searcher.search(batch, k, used)
+        _, ids = searcher.search(batch, k, used, enough=DEPTH)
         for row in range(batch.shape[0]):
             pick = _first_unused(ids[row], used)
             if pick < 0:
                 researched += 1
-                _, again = searcher.search(batch[row : row + 1], k, used)
+                _, again = searcher.search(batch[row : row + 1], k, used, enough=DEPTH)
                 pick = _first_unused(again[0], used)
             picks.append(pick)
             if pick >= 0:
