@@ -3,7 +3,8 @@
 Groups (``--only build,search,render,neural``; all by default):
 
 - build: ff-index img/s per classic method with --jobs 1 and 2, decode share, peak RSS at 5k and 20k;
-- search: bundle open, exact and IVF ms/frame, IVF recall@10, no-repeat cost (20k, 100k; --large: 500k, 1M);
+- search: bundle open, exact and IVF ms/frame, IVF recall@10, no-repeat cost (20k, 100k; --large: 500k, 1M),
+  and IVF recall with the clip's frames as queries (20k real JPEGs; --large: 500k, 1M);
 - render: ff-render matching ms/frame and end-to-end frames/s on a 720p clip;
 - neural: efficientnet img/s and export time, when a model has been exported.
 

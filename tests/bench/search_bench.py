@@ -28,7 +28,7 @@ from fluxframe_render.match import auto_match_batch
 from shared.bundle import INDEX, check_files, open_bundle
 from shared.search import Searcher, UsedSet, exact_search, open_ivf
 from shared.spec import FeatureSpec
-from tests.bench import data
+from tests.bench import data, recall_bench
 from tests.bench.common import MB, Context, Row, at_least, at_most, child_dict, size_label
 from tests.bench.synth import frame_like_queries, perturb
 
@@ -258,6 +258,7 @@ def run(ctx: Context) -> None:
         _rows(ctx, n, r)
         if n in LARGE_SIZES:
             ctx.mark_large_only(since)
+    recall_bench.run(ctx, {n: path for n, path in bundles.items() if n in LARGE_SIZES})
 
 
 def _rows(ctx: Context, n: int, r: dict[str, Any]) -> None:
