@@ -29,6 +29,8 @@ EXACT_MS_AT_500K = 15.0  # scale issue: matching (features + search) exact at 50
 IVF_MS_AT_1M = 3.0  # scale issue: matching with IVF at 1M
 E2E_FPS = 25.0
 NO_REPEAT_RATIO = 1.5
+# Pool sizes whose match loop is also timed with --no-repeat (exact and IVF).
+NO_REPEAT_SIZES = (100_000, 1_000_000)
 
 
 def render_once(video: str, bundle: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -103,10 +105,10 @@ def _matching(ctx: Context, clip: Path, n: int, kind: str, bundle: Path, figures
         ctx.add(Row(GROUP, name, setting, features_and_search(ms), "ms", target, met, "extract + search + select"))
     else:
         ctx.add(Row(GROUP, f"matching ms/frame ({kind})", setting, ms["total"], "ms", target, met, stages))
-    if kind != "exact" or not (n == 100_000 or ctx.quick):
+    if not (n in NO_REPEAT_SIZES or ctx.quick):
         return
     ctx.log(f"render matching only with --no-repeat, {label} pool, {kind}")
-    nr = _render(ctx, clip, bundle, f"norepeat-{label}", skip_output=True, verify=False, no_repeat=True)
+    nr = _render(ctx, clip, bundle, f"norepeat-{label}-{kind}", skip_output=True, verify=False, no_repeat=True)
     if nr is None:
         return
     figures[f"match_{label}_{kind}_no_repeat"] = nr
