@@ -13,6 +13,26 @@ from collections.abc import Iterator
 
 from shared.errors import UsageError
 
+# Seconds a build waits for the scheduler to have a worker (workers may still be starting).
+WORKER_WAIT_ENV = "FLUXFRAME_DASK_WORKER_WAIT"
+DEFAULT_WORKER_WAIT = 60.0
+
+
+def _wait_for_a_worker(client: object, scheduler: str) -> None:
+    """Refuse a scheduler with no worker in one line, instead of tasks that never run (joblib's timeout)."""
+    raw = os.environ.get(WORKER_WAIT_ENV, "")
+    try:
+        wait = float(raw) if raw else DEFAULT_WORKER_WAIT
+    except ValueError:
+        raise UsageError(f"{WORKER_WAIT_ENV} must be a number of seconds, got {raw!r}") from None
+    try:
+        client.wait_for_workers(1, timeout=wait)  # type: ignore[attr-defined]
+    except TimeoutError:
+        raise UsageError(
+            f"the Dask scheduler {scheduler} has no worker (waited {wait:g} s; {WORKER_WAIT_ENV} sets the wait): "
+            f"start some with `dask worker {scheduler}`"
+        ) from None
+
 
 @contextlib.contextmanager
 def dask_backend(scheduler: str | None, jobs: int) -> Iterator[None]:
@@ -46,6 +66,8 @@ def dask_backend(scheduler: str | None, jobs: int) -> Iterator[None]:
     except ValueError as exc:  # a malformed address: no port, unknown scheme
         raise UsageError(f"bad Dask scheduler address {scheduler!r}: {exc} (expected tcp://host:8786)") from None
     try:
+        if scheduler:
+            _wait_for_a_worker(client, scheduler)
         with joblib.parallel_config(backend="dask"):
             yield
     finally:

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 from fluxframe_index.build import BuildOptions, build_bundle, staging_dir
 from fluxframe_index.cli import main as ff_index
-from fluxframe_index.distributed import dask_backend
+from fluxframe_index.distributed import WORKER_WAIT_ENV, dask_backend
 from fluxframe_index.extract import ChunkStats
 from shared.spec import FeatureSpec
 from tests.pools import make_pool
@@ -166,6 +166,19 @@ def test_unreachable_scheduler_is_one_line_error(pool: Path, tmp_path: Path) -> 
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("ff-index: error: cannot reach the Dask scheduler"), lines
     assert "tcp://127.0.0.1:1" in lines[0]
+    assert not (tmp_path / "b").exists()
+
+
+def test_scheduler_without_workers_is_one_line_error(
+    pool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(WORKER_WAIT_ENV, "1")
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty:
+        run = invoke("build", pool, tmp_path / "b", "--backend", "dask", "--scheduler", empty.scheduler_address)
+    assert run.exit_code == 2, run.output
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "has no worker (waited 1 s" in lines[0], lines
+    assert f"dask worker {empty.scheduler_address}" in lines[0]
     assert not (tmp_path / "b").exists()
 
 
