@@ -19,8 +19,7 @@ from tests.bench.isolate import ChildFailed
 from tests.bench.search_bench import bench_root, synthetic_bundles
 
 GROUP = "render"
-# 1,000 frames: two full match batches and a partial one, as in a real render (a clip shorter than
-# one batch would be searched below FAISS's BLAS threshold only, which no long render is).
+# 1,000 frames: two full match batches and a partial one, as in a real render.
 CLIP_SECONDS = 40.0
 CLIP_FPS = 25
 E2E_SIZES = (20_000, 100_000)
