@@ -43,9 +43,14 @@ def _summary(result: RenderResult) -> str:
         assign = (
             f", mean score {a['mean_score']:.4f} vs greedy {a['greedy_mean_score']:.4f} ({a['mean_score_gain']:+.4f})"
         )
+    stats = result.search_stats
+    wider = ""
+    if stats.get("widened_rows") or stats.get("exact_fallback_rows"):
+        # Frames whose probed IVF lists held too few unused images: a higher --nprobe avoids the detour.
+        wider = f", IVF widened {stats['widened_rows']} / exact {stats['exact_fallback_rows']} searches"
     return (
         f"{PROG}: {result.frames} frames at {result.fps:g} fps{resumed}, {result.distinct_images} distinct images, "
-        f"{result.repeats} repeats{held}{assign}, {result.total_seconds:.1f} s -> {where}"
+        f"{result.repeats} repeats{held}{assign}{wider}, {result.total_seconds:.1f} s -> {where}"
     )
 
 

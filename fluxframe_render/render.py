@@ -171,6 +171,8 @@ class RenderResult:
     audio: str | None  # "copy", "aac" or None
     warnings: list[str] = field(default_factory=list)
     assign: dict[str, Any] = field(default_factory=dict)  # results.json "assign": mode, mean scores
+    # IVF rows of this run whose probe held too few unused images: widened_rows, exact_fallback_rows.
+    search_stats: dict[str, int] = field(default_factory=dict)
 
     @property
     def output_fps(self) -> float:
@@ -193,6 +195,8 @@ class _Run:
         self.options = options
         self.on_warning = on_warning
         self.warnings: list[str] = []
+        # Rows this run's IVF probes had to widen or search exactly (Searcher.stats).
+        self.search_stats: dict[str, int] = {}
         self.bundle: Bundle
         self.info: VideoInfo
 
@@ -374,6 +378,7 @@ class _Run:
             # Choices already made are complete and correct even if this run is stopping.
             saving, pending = pending, []
             checkpoint.save(saving)
+            self.search_stats = dict(matcher.searcher.stats)
         frames = len(choices)
         if frames == 0:
             raise InputError(f"no frames could be read from {self.video}")
@@ -717,4 +722,5 @@ def render(
         audio=audio,
         warnings=run.warnings,
         assign=_assign_summary(run, choices),
+        search_stats=run.search_stats,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -229,10 +230,10 @@ def test_ivf_bundle_no_repeat_and_nprobe(media: Media, tmp_path: Path) -> None:
     bundle = build_small_bundle(media.pool, tmp_path / "ivf", index_kind="ivf", nlist=4)
     # A child process: a crash inside FAISS fails this test instead of killing the test run.
     args = [media.clip, bundle, tmp_path / "out", "--no-repeat", "--nprobe", "1", "--fps-override", "11"]
-    run = subprocess.run(
-        [str(FF_RENDER), *map(str, args), "--skip-output", "--quiet"], cwd=REPO, capture_output=True, text=True
-    )
+    run = subprocess.run([str(FF_RENDER), *map(str, args), "--skip-output"], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, (run.returncode, run.stderr)
+    summary = run.stdout.strip().splitlines()[-1]
+    assert re.search(r", IVF widened \d+ / exact [1-9]\d* searches,", summary), summary
     ids = image_ids(tmp_path / "out")
     assert len(ids) == 44 and len(set(ids)) == 44
     assert results(tmp_path / "out")["match_options"]["nprobe"] == 1
@@ -246,7 +247,8 @@ def test_ivf_no_repeat_resumed_mid_batch_equals_uninterrupted(media: Media, tmp_
     settings: dict[str, object] = {"no_repeat": True, "nprobe": 1, "search_depth": 2, "fps_override": 11.0}
     settings.update(match_batch=16, checkpoint_batch=1, skip_output=True)
     options = RenderOptions(**settings)  # type: ignore[arg-type]
-    render(media.clip, bundle, tmp_path / "reference", options)
+    reference = render(media.clip, bundle, tmp_path / "reference", options)
+    assert reference.search_stats["exact_fallback_rows"] > 0  # lists ran dry: frames were searched again
     ids = image_ids(tmp_path / "reference")
     assert len(ids) == len(set(ids)) == 44
 
