@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from shared import bundle as bundle_module
 from shared.atomic import atomic_save_npy
 from shared.bundle import (
     FORMAT_VERSION,
@@ -31,7 +32,26 @@ from shared.features.base import create_extractor
 from shared.hashing import sha256_file, sha256_json
 from shared.images import prepare_image
 from shared.spec import FeatureSpec
+from tests.hostile.bundles import forge_image_paths
 from tests.pools import copy_tree, pool_images
+
+
+def test_paths_come_from_many_row_groups_in_any_order_within_a_bounded_cache(
+    small_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Row groups of 4 rows (65,536 in real bundles) and a cache that keeps a single group."""
+    regrouped = forge_image_paths(small_bundle, tmp_path / "regrouped", {}, row_group_size=4)
+    assert pq.ParquetFile(regrouped / IMAGES).metadata.num_row_groups == 3
+    monkeypatch.setattr(bundle_module, "IMAGES_ROW_GROUP", 4)
+    monkeypatch.setattr(bundle_module, "PATH_CACHE_BYTES", 1)
+    bundle = open_bundle(regrouped)
+    paths = bundle.read_images_table().column("path").to_pylist()
+    order = [11, 0, 5, 11, 3, 8, 4, 4, 0]
+    assert bundle.relative_paths(order) == [paths[i] for i in order]
+    assert [p.name for p in bundle.image_paths(order)] == [Path(paths[i]).name for i in order]
+    assert len(bundle._row_groups) == 1  # each new group pushed the previous one out
+    with pytest.raises(BundleError, match="out of range"):
+        bundle.relative_paths([12])
 
 
 def _flip_byte(path: Path, offset: int | None = None) -> None:

@@ -57,11 +57,12 @@ def rewrite_manifest(bundle: Path, change: dict[str, Any], *, reseal: bool = Tru
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def forge_image_paths(bundle: Path, dest: Path, raw_paths: dict[int, bytes]) -> Path:
+def forge_image_paths(bundle: Path, dest: Path, raw_paths: dict[int, bytes], *, row_group_size: int = 65_536) -> Path:
     """A correctly sealed but malicious copy of ``bundle``: some rows of images.parquet point elsewhere.
 
     The copy is re-finalised with shared.bundle.finalize_bundle, so every sha256 and the
     bundle_id are valid: only the safety checks of the reader can refuse those paths.
+    With no ``raw_paths`` it is an honest copy whose images.parquet has other row groups.
     """
     manifest = read_manifest(bundle)
     work = dest.parent / f"{dest.name}.work"
@@ -71,7 +72,7 @@ def forge_image_paths(bundle: Path, dest: Path, raw_paths: dict[int, bytes]) -> 
     for image_id, raw in raw_paths.items():
         rows[image_id]["raw_path"] = raw
         rows[image_id]["path"] = raw.decode("utf-8", errors="replace")
-    pq.write_table(pa.Table.from_pylist(rows, schema=IMAGES_SCHEMA), work / IMAGES, row_group_size=65_536)
+    pq.write_table(pa.Table.from_pylist(rows, schema=IMAGES_SCHEMA), work / IMAGES, row_group_size=row_group_size)
     finalize_bundle(
         work,
         dest,
