@@ -135,7 +135,12 @@ def main() -> None:
     default="loky",
     help="joblib backend running the workers (dask needs the [dask] extra).",
 )
-@click.option("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786); default: a local cluster.")
+@click.option(
+    "--scheduler",
+    default=None,
+    help="Dask scheduler address (tcp://host:8786); default: a local cluster. The build waits up to 60 s "
+    "(FLUXFRAME_DASK_WORKER_WAIT) for a worker to join.",
+)
 @click.option(
     "--update", is_flag=True, help="Update the existing BUNDLE: extract only new and changed files, drop deleted ones."
 )
