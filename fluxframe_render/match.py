@@ -24,7 +24,7 @@ from fluxframe_render.select import FrameRef
 from fluxframe_render.video import FrameReader
 from shared.features.base import Extractor, Image, Vectors, weight_query
 from shared.images import prepare_image
-from shared.search import Searcher, UsedSet
+from shared.search import Searcher, UsedSet, exact_scores
 
 # One read of the vectors serves a whole batch of frames: exact search at 1M x 376 costs
 # 4.8 ms/frame in batches of 128, 4.1 in 384 and 3.9 in 1024 (measured), so a batch holds
@@ -158,6 +158,6 @@ class FrameMatcher:
         return scores, ids
 
     def score_of(self, query: NDArray[np.float32], image_id: int) -> float:
-        """The weighted similarity of one pool image to one frame (same arithmetic as the search)."""
-        row = np.asarray(self.searcher.vectors[image_id], dtype=np.float32)
-        return float(np.dot(query.astype(np.float32), row).astype(np.float32))
+        """The weighted similarity of one pool image to one frame (the arithmetic of the search's scores)."""
+        ids = np.array([[image_id]], dtype=np.int64)
+        return float(exact_scores(self.searcher.vectors, query.reshape(1, -1), ids)[0, 0])

@@ -42,6 +42,10 @@ MASKED_BLOCK_BYTES = 64 << 20
 # An IVF row that ran dry looks into 4x more lists while that stays under this share of
 # all lists; past it one exact (BLAS) scan of the remaining rows is cheaper.
 WIDEN_MAX_SHARE = 4
+# Leading candidates of every answer whose scores are recomputed exactly (see exact_scores).
+RESCORED_COLUMNS = 64
+# Queries rescored at a time: bounds the rows gathered from the mapped vectors.
+RESCORE_QUERY_CHUNK = 32
 
 
 class UsedSet:
@@ -112,6 +116,54 @@ def _sorted(scores: NDArray[np.float32], ids: NDArray[np.int64]) -> tuple[NDArra
         return scores, ids
     order = np.lexsort((np.where(ids >= 0, ids, np.iinfo(np.int64).max), -scores), axis=1)
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+def exact_scores(
+    vectors: NDArray[np.float32], queries: NDArray[np.float32], ids: NDArray[np.int64]
+) -> NDArray[np.float32]:
+    """<query i, vectors[ids[i, j]]> summed in float64 and rounded once; -inf where ids is -1.
+
+    BLAS (FAISS's flat search, numpy's matmul) sums in an order that depends on the
+    number of threads, so the same render under another OMP_NUM_THREADS or on another
+    core count got scores a few ulp apart, and near-equal candidates in another order
+    (measured: two processes of one test run). float32 products are exact in float64,
+    so this sum rounds to the same float32 whatever order the machine uses.
+    """
+    out = np.full(ids.shape, -np.inf, dtype=np.float32)
+    valid = ids >= 0
+    for start in range(0, ids.shape[0], RESCORE_QUERY_CHUNK):
+        stop = start + RESCORE_QUERY_CHUNK
+        chunk = ids[start:stop]
+        rows = np.asarray(vectors[np.where(valid[start:stop], chunk, 0).ravel()], dtype=np.float64)
+        rows = rows.reshape(chunk.shape[0], chunk.shape[1], -1)
+        dots = np.einsum("qd,qkd->qk", np.asarray(queries[start:stop], dtype=np.float64), rows)
+        out[start:stop] = np.where(valid[start:stop], dots, -np.inf).astype(np.float32)
+    return out
+
+
+def rescore_head(
+    vectors: NDArray[np.float32],
+    queries: NDArray[np.float32],
+    scores: NDArray[np.float32],
+    ids: NDArray[np.int64],
+    columns: int = RESCORED_COLUMNS,
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """The first ``columns`` candidates of each row with exact scores, re-ranked (ties by id).
+
+    Selection reads the head of each list (the best, a draw among the top search depth,
+    the first unused image), so its choices and the scores it reports no longer depend
+    on thread counts; what stays below the head keeps the search's own scores.
+    """
+    head = min(columns, ids.shape[1])
+    if head == 0 or ids.shape[0] == 0:
+        return scores, ids
+    head_scores, head_ids = _sorted(exact_scores(vectors, queries, ids[:, :head]), ids[:, :head])
+    if head == ids.shape[1]:
+        return head_scores, head_ids
+    return (
+        np.concatenate([head_scores, scores[:, head:]], axis=1),
+        np.concatenate([head_ids, ids[:, head:]], axis=1),
+    )
 
 
 def exact_search(
@@ -251,8 +303,10 @@ class Searcher:
         k = min(k, self.size)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.ivf is not None and not self._range_beats_ivf():
-            return self._search_ivf(queries, k, used, min(k, enough or k))
-        return self._exact(queries, k, used)
+            scores, ids = self._search_ivf(queries, k, used, min(k, enough or k))
+        else:
+            scores, ids = self._exact(queries, k, used)
+        return rescore_head(self.vectors, queries, scores, ids)
 
     def _range_beats_ivf(self) -> bool:
         # A limit of S of N rows: exact search over S reads no more vectors than the probe would.
