@@ -38,39 +38,58 @@ def _wait_for_a_worker(client: object, scheduler: str) -> None:
 def dask_backend(scheduler: str | None, jobs: int) -> Iterator[None]:
     """Connect to ``scheduler`` (or start a local cluster of ``jobs`` workers) for the block's joblib calls."""
     try:
-        from dask.distributed import Client, LocalCluster
+        from dask.distributed import Client  # noqa: F401  (checks the extra is installed)
     except ImportError:
         raise UsageError("--backend dask needs the [dask] extra: pip install 'fluxframe[dask]'") from None
     import joblib
 
-    cluster = None
+    # Dask's nannies write their workers' settings (OMP_NUM_THREADS=1, ...) into this process's
+    # environment and leave them there: every later child process would then run single-threaded.
+    environment = dict(os.environ)
+    try:
+        client, cluster = _connect(scheduler, jobs)
+        try:
+            if scheduler:
+                _wait_for_a_worker(client, scheduler)
+            with joblib.parallel_config(backend="dask"):
+                yield
+        finally:
+            client.close()  # type: ignore[attr-defined]
+            if cluster is not None:
+                cluster.close()  # type: ignore[attr-defined]
+    finally:
+        _restore_environment(environment)
+
+
+def _connect(scheduler: str | None, jobs: int) -> tuple[object, object | None]:
+    """(client, the local cluster it runs on or None), or a one-line UsageError."""
+    from dask.distributed import Client, LocalCluster
+
     try:
         if scheduler:
             # Dask's own connect timeout (distributed.comm.timeouts.connect, 30 s unless configured,
             # e.g. DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=5s) bounds the wait for a scheduler.
-            client = Client(scheduler)  # type: ignore[no-untyped-call]
-        else:
-            # The workers share this machine's cores: one ONNX Runtime thread each unless told otherwise.
-            threads = os.environ.get("FLUXFRAME_ORT_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
-            cluster = LocalCluster(  # type: ignore[no-untyped-call]
-                n_workers=jobs,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                env={"FLUXFRAME_ORT_THREADS": threads},
-            )
-            client = Client(cluster)  # type: ignore[no-untyped-call]
+            return Client(scheduler), None  # type: ignore[no-untyped-call]
+        # The workers share this machine's cores: one ONNX Runtime thread each unless told otherwise.
+        threads = os.environ.get("FLUXFRAME_ORT_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
+        cluster = LocalCluster(  # type: ignore[no-untyped-call]
+            n_workers=jobs,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            env={"FLUXFRAME_ORT_THREADS": threads},
+        )
+        return Client(cluster), cluster  # type: ignore[no-untyped-call]
     except OSError as exc:
         where = f"reach the Dask scheduler {scheduler}" if scheduler else "start a local Dask cluster"
         raise UsageError(f"cannot {where}: {exc}") from None
     except ValueError as exc:  # a malformed address: no port, unknown scheme
         raise UsageError(f"bad Dask scheduler address {scheduler!r}: {exc} (expected tcp://host:8786)") from None
-    try:
-        if scheduler:
-            _wait_for_a_worker(client, scheduler)
-        with joblib.parallel_config(backend="dask"):
-            yield
-    finally:
-        client.close()  # type: ignore[no-untyped-call]
-        if cluster is not None:
-            cluster.close()
+
+
+def _restore_environment(saved: dict[str, str]) -> None:
+    for name in set(os.environ) - set(saved):
+        del os.environ[name]
+    for name, value in saved.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value

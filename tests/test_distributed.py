@@ -87,12 +87,17 @@ def test_cli_on_a_scheduler_builds_the_loky_bundle(cluster: Any, pool: Path, lok
     assert not staging_dir(dest).exists()
 
 
-def test_cli_local_cluster_builds_the_loky_bundle(pool: Path, loky_bundle: Path, tmp_path: Path) -> None:
+def test_cli_local_cluster_builds_the_loky_bundle(
+    pool: Path, loky_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # No --scheduler: the command starts (and stops) its own LocalCluster of --jobs workers.
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     dest = tmp_path / "dask-local"
     run = invoke("build", pool, dest, *SPEC_ARGS, "--backend", "dask", "--jobs", "2", "--quiet")
     assert run.exit_code == 0, run.output
     assert_same_bundle(dest, loky_bundle)
+    # Dask's nannies set OMP_NUM_THREADS=1 in this process for their workers; it is put back.
+    assert "OMP_NUM_THREADS" not in os.environ
 
 
 def test_killed_worker_is_retried_and_the_bundle_is_identical(
