@@ -19,17 +19,10 @@ import numpy as np
 import skimage.data
 from numpy.typing import NDArray
 
+from tests.pools import SKIMAGE_COLOUR
+
 # Colour pictures bundled with scikit-image 0.26 (the others need a download).
-_SKIMAGE_COLOUR = (
-    "astronaut",
-    "coffee",
-    "chelsea",
-    "rocket",
-    "immunohistochemistry",
-    "hubble_deep_field",
-    "retina",
-    "colorwheel",
-)
+_SKIMAGE_COLOUR = (*SKIMAGE_COLOUR, "colorwheel")
 AUDIO_RATE = 48000  # every test audio codec (AAC, MP3, Opus, PCM) accepts it
 _CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
 

@@ -34,21 +34,10 @@ from shared.images import (
     sniff_format,
     turbojpeg_available,
 )
+from tests.hostile.make_pool import STORED_FOR
 
 needs_turbo = pytest.mark.skipif(not turbojpeg_available(), reason="libturbojpeg cannot be loaded")
 BACKENDS = [pytest.param("turbojpeg", marks=needs_turbo), "opencv"]
-
-# Pillow transpose that turns an upright picture into what a camera stores with each EXIF orientation.
-STORED_FOR = {
-    1: None,
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_90,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_270,
-}
 
 
 def rgb(name: str) -> NDArray[np.uint8]:
@@ -173,7 +162,7 @@ def test_exif_orientation_gives_the_upright_picture(
     fmt: str, options: dict[str, Any], tolerance: float, orientation: int
 ) -> None:
     upright = rgb("chelsea")  # 451 x 300: not square, so a wrong turn changes the shape
-    transpose = STORED_FOR[orientation]
+    transpose = STORED_FOR.get(orientation)  # 1: stored upright
     stored = Image.fromarray(upright) if transpose is None else Image.fromarray(upright).transpose(transpose)
     exif = Image.Exif()
     exif[0x0112] = orientation

@@ -25,6 +25,7 @@ import skimage.data
 from numpy.typing import NDArray
 
 from shared.atomic import atomic_write_json
+from tests.pools import SKIMAGE_COLOUR
 
 # Beside the checkout's Makefile (`make clean` removes it), whatever the working folder.
 BENCH_ROOT = Path(__file__).resolve().parents[2] / ".bench"
@@ -32,17 +33,7 @@ PART_SIZE = 1000
 POOL_VERSION = 1  # bump when the generator changes, so cached pools are remade
 MIN_LONG_SIDE, MAX_LONG_SIDE = 640, 1280
 
-_COLOUR = (
-    "astronaut",
-    "coffee",
-    "chelsea",
-    "rocket",
-    "immunohistochemistry",
-    "hubble_deep_field",
-    "retina",
-    "colorwheel",
-    "logo",
-)
+_COLOUR = (*SKIMAGE_COLOUR, "colorwheel", "logo")
 _GREY = ("camera", "moon", "brick", "grass", "gravel", "cell", "coins", "clock", "page", "text")
 
 Image = NDArray[np.uint8]
