@@ -227,8 +227,7 @@ class _Run:
                 f"ever dropped, never repeated, so the output runs at {info.fps:g} fps"
             )
         blocks = [b.name for b in self.bundle.manifest.blocks]
-        default_weights = dict(zip(("edge", "texture", "color"), DEFAULT_WEIGHTS, strict=True))
-        if blocks == ["neural"] and options.weights() != default_weights:
+        if blocks == ["neural"] and options.weights() != RenderOptions().weights():
             self.warn("the bundle's features are neural (one block): the edge/texture/colour weights do not apply")
         if options.nprobe is not None and self.bundle.manifest.index.kind != "ivf":
             self.warn("--nprobe only applies to IVF bundles; this bundle is searched exactly")

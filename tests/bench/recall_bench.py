@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from fluxframe_index.build import BuildOptions, build_bundle
 from fluxframe_render.match import auto_match_batch
-from fluxframe_render.render import DEFAULT_WEIGHTS
+from fluxframe_render.render import RenderOptions
 from fluxframe_render.video import FrameReader
 from shared.bundle import INDEX, open_bundle
 from shared.features.base import weight_query
@@ -44,8 +44,7 @@ def frame_queries(clip: Path, bundle: Path) -> NDArray[np.float32]:
     extractor = opened.extractor()
     size = opened.spec.prepared_size()
     prepared = [prepare_image(frame.image, size) for frame in FrameReader(clip)]
-    weights = dict(zip(("edge", "texture", "color"), DEFAULT_WEIGHTS, strict=True))
-    return weight_query(extractor.extract(prepared), extractor.blocks, weights)
+    return weight_query(extractor.extract(prepared), extractor.blocks, RenderOptions().weights())
 
 
 Found = tuple[NDArray[np.float32], NDArray[np.int64]]
