@@ -12,7 +12,6 @@ exact best, and how much similarity the best image loses on average.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from shared.search import Searcher, open_ivf
 from shared.spec import FeatureSpec
 from tests.bench import data
 from tests.bench.common import Context, Row, at_least, child_dict, size_label
+from tests.bench.searching import Found, recall_at, timed_search
 
 GROUP = "search"
 POOL_IMAGES = 20_000
@@ -47,27 +47,11 @@ def frame_queries(clip: Path, bundle: Path) -> NDArray[np.float32]:
     return weight_query(extractor.extract(prepared), extractor.blocks, RenderOptions().weights())
 
 
-Found = tuple[NDArray[np.float32], NDArray[np.int64]]
-
-
-def _timed(searcher: Searcher, queries: NDArray[np.float32], batch: int) -> tuple[float, Found]:
-    """ms per frame of searching ``queries`` in batches, and the top 10 of each."""
-    scores, ids = [], []
-    started = time.perf_counter()
-    for start in range(0, queries.shape[0], batch):
-        s, i = searcher.search(queries[start : start + batch], DEPTH)
-        scores.append(s)
-        ids.append(i)
-    ms = 1000 * (time.perf_counter() - started) / queries.shape[0]
-    return ms, (np.concatenate(scores), np.concatenate(ids))
-
-
 def compare(truth: Found, found: Found) -> dict[str, float]:
     """recall@10, top-1 agreement and the best image's mean similarity loss of ``found`` against ``truth``."""
     (true_s, true_i), (got_s, got_i) = truth, found
-    hits = sum(len(set(t.tolist()) & set(g.tolist())) for t, g in zip(true_i, got_i, strict=True))
     return {
-        "recall_at_10": hits / true_i.size,
+        "recall_at_10": recall_at(got_i, true_i),
         "top1_same": float((true_i[:, 0] == got_i[:, 0]).mean()),
         "top1_score_loss": float((true_s[:, 0] - got_s[:, 0]).mean()),
     }
@@ -89,10 +73,10 @@ def frame_recall(bundle: str, clip: str) -> dict[str, Any]:
     queries = frame_queries(Path(clip), path)
     batch = auto_match_batch(opened.manifest.dim)
     ivf = open_ivf(path / INDEX)
-    exact_ms, truth = _timed(Searcher(opened.vectors), queries, batch)
+    exact_ms, truth = timed_search(Searcher(opened.vectors), queries, DEPTH, batch)
     sweep = []
     for nprobe in sorted({index.default_nprobe, *(max(1, index.nlist // d) for d in (128, 64, 32, 16, 8))}):
-        ms, found = _timed(Searcher(opened.vectors, ivf=ivf, nprobe=nprobe), queries, batch)
+        ms, found = timed_search(Searcher(opened.vectors, ivf=ivf, nprobe=nprobe), queries, DEPTH, batch)
         sweep.append({"nprobe": nprobe, "ms_per_frame": ms, **compare(truth, found)})
     return {
         "images": opened.count,

@@ -30,6 +30,7 @@ from shared.search import Searcher, UsedSet, exact_search, open_ivf
 from shared.spec import FeatureSpec
 from tests.bench import data, recall_bench
 from tests.bench.common import MB, Context, Row, at_least, at_most, child_dict, size_label
+from tests.bench.searching import recall_at, timed_search
 from tests.bench.synth import frame_like_queries, perturb
 
 GROUP = "search"
@@ -66,23 +67,6 @@ def used_levels(n: int) -> list[int]:
     if n // 2 < USED_LEVELS[-1]:
         levels.append(n // 2)
     return sorted(set(levels))
-
-
-def _timed_batches(
-    searcher: Searcher, queries: NDArray[np.float32], k: int, batch: int
-) -> tuple[float, NDArray[np.int64]]:
-    """ms per query over all batches, and the ids found."""
-    found = []
-    started = time.perf_counter()
-    for start in range(0, queries.shape[0], batch):
-        _, ids = searcher.search(queries[start : start + batch], k)
-        found.append(ids)
-    return 1000 * (time.perf_counter() - started) / queries.shape[0], np.concatenate(found)
-
-
-def recall_at(found: NDArray[np.int64], truth: NDArray[np.int64]) -> float:
-    hits = [np.intersect1d(f, t).size / t.size for f, t in zip(found, truth, strict=True)]
-    return float(np.mean(hits))
 
 
 def hard_used_set(
@@ -166,8 +150,8 @@ def search_figures(bundle: str, levels: list[int], seed: int = 7) -> dict[str, A
     t0 = time.perf_counter()
     exact.search(queries[:batch], DEPTH)  # pages the vectors in: reported, not counted
     first_batch_ms = 1000 * (time.perf_counter() - t0) / batch
-    exact_ms, truth = _timed_batches(exact, queries, DEPTH, batch)
-    small_ms, _ = _timed_batches(exact, queries[: SMALL_BATCH * 2], DEPTH, SMALL_BATCH)
+    exact_ms, (_, truth) = timed_search(exact, queries, DEPTH, batch)
+    small_ms, _ = timed_search(exact, queries[: SMALL_BATCH * 2], DEPTH, SMALL_BATCH)
     out: dict[str, Any] = {
         "n": n,
         "dim": opened.manifest.dim,
@@ -185,12 +169,12 @@ def search_figures(bundle: str, levels: list[int], seed: int = 7) -> dict[str, A
         out.update(nlist=index.nlist, nprobe=index.default_nprobe)
         default = Searcher(vectors, ivf=ivf, nprobe=index.default_nprobe)
         default.search(queries[:batch], DEPTH)
-        out["ivf_ms_per_frame"], found = _timed_batches(default, queries, DEPTH, batch)
+        out["ivf_ms_per_frame"], (_, found) = timed_search(default, queries, DEPTH, batch)
         out["ivf_recall_at_10"] = recall_at(found, truth)
         sweep = []
         for nprobe in sorted({max(1, index.nlist // d) for d in (256, 128, 64, 32, 16, 8)}):
             s = Searcher(vectors, ivf=ivf, nprobe=nprobe)
-            ms, got = _timed_batches(s, queries, DEPTH, batch)
+            ms, (_, got) = timed_search(s, queries, DEPTH, batch)
             sweep.append({"nprobe": nprobe, "ms_per_frame": ms, "recall_at_10": recall_at(got, truth)})
         out["ivf_sweep"] = sweep
         searchers["ivf"] = default
@@ -203,7 +187,7 @@ def search_figures(bundle: str, levels: list[int], seed: int = 7) -> dict[str, A
         np.repeat(scene_vectors, per_scene, axis=0), blocks, np.full(SCENES * per_scene, 0.3, np.float32), rng
     )
     for kind, searcher in searchers.items():
-        repeat_ms, _ = _timed_batches(searcher, frames, DEPTH, batch)
+        repeat_ms, _ = timed_search(searcher, frames, DEPTH, batch)
         runs = []
         for level in levels:
             used = hard_used_set(vectors, scene_vectors, level, np.random.default_rng([seed, level]))
