@@ -130,8 +130,9 @@ class ReportBuilder:
     def _switch_allowed(self, index: int) -> bool:
         if self._switch_rows >= self._switch_cap:
             return False
-        # A quarter of the switch rows can be spent early; the rest come as the clip goes on.
-        slack = max(1.0, self._switch_cap / 4)
+        # An eighth of the switch rows can be spent ahead of pace (a burst of switches early in a
+        # calm clip); the rest come as the clip goes on.
+        slack = max(1.0, self._switch_cap / 8)
         paced = slack + self._switch_cap * (index + 1) / max(self.total_frames, index + 1)
         return self._switch_rows < paced
 

@@ -158,8 +158,8 @@ def _marks_svg(panel: _Panel, marks: FrameMarks) -> list[str]:
         )
     switch_columns = sorted({round(panel.x(float(i))) for i in np.flatnonzero(marks.switched)})
     if switch_columns:
-        path = " ".join(f"M{x} {bottom:.1f}V{bottom - 7:.1f}" for x in switch_columns)
-        parts.append(f'<path class="switches" d="{path}" stroke="{SWITCH_STROKE}" stroke-width="1"/>')
+        path = " ".join(f"M{x} {bottom:.1f}V{bottom - 10:.1f}" for x in switch_columns)
+        parts.append(f'<path class="switches" d="{path}" stroke="{SWITCH_STROKE}" stroke-width="1.5"/>')
     cut_columns = sorted({round(panel.x(float(i))) for i in np.flatnonzero(marks.cut)})
     if cut_columns:
         path = " ".join(f"M{x} {panel.top:.1f}V{bottom:.1f}" for x in cut_columns)
