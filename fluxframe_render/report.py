@@ -10,12 +10,15 @@ kept: each chosen picture is shrunk and JPEG-encoded the moment it arrives.
 from __future__ import annotations
 
 import math
+from array import array
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from shared import __version__
 from shared.atomic import atomic_write_bytes
@@ -90,9 +93,33 @@ def format_time(seconds: float) -> str:
     return f"{int(hours)}:{int(minutes):02d}:{rest:04.1f}"
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
-    known = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(known)) if known else None
+def _mean(values: array[float]) -> float | None:
+    known = np.frombuffer(values, dtype=np.float64) if len(values) else np.zeros(0)
+    known = known[np.isfinite(known)]
+    return float(known.mean()) if known.size else None
+
+
+class _FrameSeries:
+    """Every frame's figures in flat arrays: about 30 bytes a frame, so an hour of video costs a few MB."""
+
+    def __init__(self) -> None:
+        self.score, self.ssim, self.delta_e = array("d"), array("d"), array("d")
+        self.switched, self.held, self.cut = bytearray(), bytearray(), bytearray()
+        self.image_ids: set[int] = set()
+        self.names: Counter[str] = Counter()
+        self.last_index: int | None = None
+        self.last_time = 0.0
+
+    def append(self, record: FrameRecord) -> None:
+        self.score.append(record.score)
+        self.ssim.append(math.nan if record.ssim is None else record.ssim)
+        self.delta_e.append(math.nan if record.delta_e is None else record.delta_e)
+        self.switched.append(record.switched)
+        self.held.append(record.held)
+        self.cut.append(record.cut)
+        self.image_ids.add(record.image_id)
+        self.names[record.image_name] += 1
+        self.last_index, self.last_time = record.index, record.time
 
 
 def _shown(value: float | None, digits: int = 3) -> str:
@@ -119,7 +146,7 @@ class ReportBuilder:
         self._sampled_cap = min(max_rows, math.ceil(expected / self.sample_every))
         # Whatever the even sample leaves of the cap goes to switches, paced over the clip.
         self._switch_cap = max_rows - self._sampled_cap
-        self._records: list[FrameRecord] = []
+        self._frames = _FrameSeries()
         self._rows: list[_Row] = []
         self._sampled_rows = 0
         self._switch_rows = 0
@@ -142,8 +169,9 @@ class ReportBuilder:
 
     def add_frame(self, record: FrameRecord, source: Image | None, output: Image | None, photo: Image | None) -> None:
         """Record frame ``record.index`` (frames come in increasing order); pictures as they are, any size."""
-        if self._records and record.index <= self._records[-1].index:
-            raise ValueError(f"frame {record.index} after frame {self._records[-1].index}: frames come in order")
+        last = self._frames.last_index
+        if last is not None and record.index <= last:
+            raise ValueError(f"frame {record.index} after frame {last}: frames come in order")
         pictures = (source, output, photo)
         if any(p is not None for p in pictures) and self.wants_thumbnails(record.index, record.switched):
             if self._is_sampled(record.index):
@@ -151,24 +179,28 @@ class ReportBuilder:
             else:
                 self._switch_rows += 1
             self._rows.append(_Row(record, *(_thumb(p) for p in pictures)))
-        self._records.append(record)
+        self._frames.append(record)
+
+    def most_used(self, count: int = 10) -> list[tuple[str, int]]:
+        """The ``count`` images shown in most frames, with their frame counts (for ``write``)."""
+        return self._frames.names.most_common(count)
 
     # -- the page -------------------------------------------------------------------------------
 
     def _figures(self) -> str:
-        records = self._records
-        frames = len(records)
-        switches = sum(r.switched for r in records)
+        f = self._frames
+        frames = len(f.score)
+        switches = sum(f.switched)
         figures = [
             ("frames", f"{frames:,}"),
-            ("duration", format_time(records[-1].time) if records else "—"),
+            ("duration", format_time(f.last_time) if frames else "—"),
             ("image switches", f"{switches:,} ({switches / frames:.0%})" if frames else "0"),
-            ("distinct images", f"{len({r.image_id for r in records}):,}"),
-            ("mean score", _shown(_mean([r.score for r in records]))),
-            ("mean SSIM to source", _shown(_mean([r.ssim for r in records]))),
-            ("mean ΔE to source", _shown(_mean([r.delta_e for r in records]), 1)),
-            ("threshold holds", f"{sum(r.held for r in records):,}"),
-            ("scene cuts", f"{sum(r.cut for r in records):,}"),
+            ("distinct images", f"{len(f.image_ids):,}"),
+            ("mean score", _shown(_mean(f.score))),
+            ("mean SSIM to source", _shown(_mean(f.ssim))),
+            ("mean ΔE to source", _shown(_mean(f.delta_e), 1)),
+            ("threshold holds", f"{sum(f.held):,}"),
+            ("scene cuts", f"{sum(f.cut):,}"),
         ]
         return figure_cards(figures)
 
@@ -204,23 +236,22 @@ class ReportBuilder:
         return f'<div class="sheet" style="{style}">{"".join(cells)}</div>'
 
     def _plots(self) -> str:
-        records = self._records
+        f = self._frames
 
-        def series(values: Sequence[float | None]) -> np.ndarray[Any, np.dtype[np.float64]]:
-            return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+        def series(values: array[float]) -> NDArray[np.float64]:
+            return np.frombuffer(values, dtype=np.float64) if len(values) else np.zeros(0)
 
-        panels = [PlotSeries("match score", series([r.score for r in records]), SCORE_COLOR)]
-        if any(r.ssim is not None for r in records):
-            panels.append(PlotSeries("SSIM to the source frame", series([r.ssim for r in records]), SSIM_COLOR))
-        if any(r.delta_e is not None for r in records):
-            panels.append(
-                PlotSeries("ΔE to the source frame", series([r.delta_e for r in records]), DELTA_E_COLOR, True)
-            )
-        marks = FrameMarks(
-            switched=np.array([r.switched for r in records], dtype=bool),
-            held=np.array([r.held for r in records], dtype=bool),
-            cut=np.array([r.cut for r in records], dtype=bool),
-        )
+        panels = [PlotSeries("match score", series(f.score), SCORE_COLOR)]
+        ssim, delta_e = series(f.ssim), series(f.delta_e)
+        if np.isfinite(ssim).any():
+            panels.append(PlotSeries("SSIM to the source frame", ssim, SSIM_COLOR))
+        if np.isfinite(delta_e).any():
+            panels.append(PlotSeries("ΔE to the source frame", delta_e, DELTA_E_COLOR, lower_is_better=True))
+
+        def flags(values: bytearray) -> NDArray[np.bool_]:
+            return np.frombuffer(bytes(values), dtype=np.uint8).astype(bool)
+
+        marks = FrameMarks(switched=flags(f.switched), held=flags(f.held), cut=flags(f.cut))
         return frame_plot_svg(panels, marks, title=f"{self.title}: score and look per frame")
 
     @staticmethod
@@ -249,8 +280,8 @@ class ReportBuilder:
         tile_zoom: Image | None = None,
     ) -> str:
         """The page as a string (``write`` saves it)."""
-        frames = len(self._records)
-        switches = sum(r.switched for r in self._records)
+        frames = len(self._frames.score)
+        switches = sum(self._frames.switched)
         sampled = self._sampled_rows
         sheet_note = (
             f"{len(self._rows)} of {frames:,} frames: {sampled} spread over the clip (every "

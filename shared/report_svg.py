@@ -125,6 +125,18 @@ def _runs(flags: NDArray[np.bool_]) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(changes[::2], changes[1::2], strict=True)]
 
 
+def _pixel_spans(spans: list[tuple[float, float]], low: float, high: float) -> list[tuple[float, float]]:
+    """Spans clipped to low..high, at least 1.5 px wide, merged where they touch at pixel scale."""
+    merged: list[tuple[float, float]] = []
+    for x0, x1 in spans:
+        x0, x1 = max(x0, low), min(max(x1, x0 + 1.5), high)
+        if merged and x0 <= merged[-1][1] + 1.0:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], x1))
+        else:
+            merged.append((x0, x1))
+    return merged
+
+
 class _Panel:
     def __init__(self, top: float, frames: int) -> None:
         self.top = top + PANEL_TOP
@@ -149,13 +161,15 @@ def _marks_svg(panel: _Panel, marks: FrameMarks) -> list[str]:
     parts: list[str] = []
     bottom = panel.top + panel.height
     step = panel.width / max(panel.frames - 1, 1)
-    for start, end in _runs(marks.held):
-        x0 = panel.x(start) - step / 2
-        width = max((end - start) * step, 1.5)
-        parts.append(
-            f'<rect class="held" x="{max(x0, panel.left):.1f}" y="{panel.top:.1f}" width="{width:.1f}" '
-            f'height="{panel.height:.1f}" fill="{HELD_FILL}" fill-opacity="0.45"/>'
-        )
+    spans = _pixel_spans(
+        [(panel.x(start) - step / 2, panel.x(end - 1) + step / 2) for start, end in _runs(marks.held)],
+        panel.left,
+        panel.left + panel.width,
+    )
+    if spans:
+        # One path for all holds: a long clip with thousands of holds stays a few kilobytes.
+        path = " ".join(f"M{x0:.1f} {panel.top:.1f}H{x1:.1f}V{bottom:.1f}H{x0:.1f}Z" for x0, x1 in spans)
+        parts.append(f'<path class="held" d="{path}" fill="{HELD_FILL}" fill-opacity="0.45"/>')
     switch_columns = sorted({round(panel.x(float(i))) for i in np.flatnonzero(marks.switched)})
     if switch_columns:
         path = " ".join(f"M{x} {bottom:.1f}V{bottom - 10:.1f}" for x in switch_columns)

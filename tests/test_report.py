@@ -81,6 +81,13 @@ def test_pictures_for_frames_not_wanted_are_ignored(picture: Image) -> None:
     assert builder.html({}, {}, {}, []).count('class="thumb"') == 3 * 2  # frames 0 and 50
 
 
+def test_most_used_counts_the_frames_each_image_is_shown_in() -> None:
+    builder = ReportBuilder("t", 6)
+    for index, name in enumerate(["b.jpg", "a.jpg", "b.jpg", "c.jpg", "b.jpg", "a.jpg"]):
+        builder.add_frame(_record(index, name=name), None, None, None)
+    assert builder.most_used(2) == [("b.jpg", 3), ("a.jpg", 2)]
+
+
 def test_frames_out_of_order_are_refused() -> None:
     builder = ReportBuilder("t", 10)
     builder.add_frame(_record(3), None, None, None)
