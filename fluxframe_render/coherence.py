@@ -169,9 +169,11 @@ class HoldParams:
 class HoldSelector:
     """Frame-by-frame hold with hysteresis under reuse rules; ``history`` = image ids already chosen."""
 
-    def __init__(self, params: HoldParams, rules: ReuseRules = UNLIMITED, history: Sequence[int] = ()) -> None:
+    def __init__(
+        self, params: HoldParams, rules: ReuseRules = UNLIMITED, history: Sequence[int] = (), pool_size: int = 0
+    ) -> None:
         self.params = params
-        self.ledger = ReuseLedger.replay(rules, history)
+        self.ledger = ReuseLedger.replay(rules, history, pool_size)
 
     def choose(self, scores: Scores, ids: Ids, *, cut: bool, score_of: ScoreOf) -> Pick:
         """Pick for the next frame from its candidates (best first); ``score_of`` scores the image on screen."""
@@ -236,11 +238,16 @@ class SmoothSelector:
     """
 
     def __init__(
-        self, params: SmoothParams, scorer: Scorer, rules: ReuseRules = UNLIMITED, history: Sequence[int] = ()
+        self,
+        params: SmoothParams,
+        scorer: Scorer,
+        rules: ReuseRules = UNLIMITED,
+        history: Sequence[int] = (),
+        pool_size: int = 0,
     ) -> None:
         self.params = params
         self.scorer = scorer
-        self.ledger = ReuseLedger.replay(rules, history)
+        self.ledger = ReuseLedger.replay(rules, history, pool_size)
         self._queries: list[NDArray[np.float32]] = []
         self._scores: list[Scores] = []
         self._ids: list[Ids] = []

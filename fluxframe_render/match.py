@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fluxframe_render.pipeline import Source, Stage
+from fluxframe_render.scenes import CutDetector, CutParams
 from fluxframe_render.select import FrameRef
 from fluxframe_render.video import FrameReader
 from shared.features.base import Extractor, Image, Vectors, weight_query
@@ -48,6 +49,7 @@ class Batch:
     queries: Vectors | None = None  # weighted query vectors, once described
     scores: NDArray[np.float32] | None = None  # top-k candidates, once searched
     ids: NDArray[np.int64] | None = None
+    cuts: NDArray[np.bool_] | None = None  # a scene starts at the frame (scenes.py)
 
 
 class VideoFrames(Source[Batch]):
@@ -92,6 +94,24 @@ class Describe(Stage[Batch, Batch]):
     def process(self, item: Batch) -> Iterable[Batch]:
         item.queries = self.matcher.queries(item.prepared)
         item.prepared = []  # only the vectors go on
+        return (item,)
+
+
+class Scenes(Stage[Batch, Batch]):
+    """Scene cuts from the frames' own query vectors (scenes.CutDetector, fed every frame in order).
+
+    A cut at frame t depends only on the ``history`` frames before it, so a resumed run that
+    re-reads at least that many frames before its first new one finds the same cuts.
+    """
+
+    name = "scenes"
+
+    def __init__(self, params: CutParams) -> None:
+        self.detector = CutDetector(params)
+
+    def process(self, item: Batch) -> Iterable[Batch]:
+        assert item.queries is not None
+        item.cuts = self.detector.push(item.queries)
         return (item,)
 
 

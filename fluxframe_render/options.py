@@ -84,7 +84,6 @@ class RenderOptions:
     hold_margin: float = option(
         0.05, "--coherence hold: keep the current image while its score is within this of the best.", LOOK, minimum=0
     )
-    min_hold: int = option(3, "--coherence hold: frames an image is kept at least.", LOOK, minimum=1)
     switch_cost: float = option(
         0.05, "--coherence smooth: score one switch of image costs (higher = fewer switches).", LOOK, minimum=0
     )

@@ -6,35 +6,70 @@ stages of a resumed run only so that batches stay aligned; a policy skips them.
 
 - ``PerFrame`` (``--coherence off``): each frame alone: the best, or with a seed one of
   the top N at random; no-repeat and the reuse rules (select.Selector).
+- ``Hold`` (``--coherence hold``): keep the image on screen while it scores within a
+  margin of the best (coherence.HoldSelector); choices committed frame by frame.
+- ``Smooth`` (``--coherence smooth``): the best sequence of each segment by Viterbi
+  (coherence.SmoothSelector); a segment (scene, or window of a long scene) is committed whole.
 - ``GlobalAssign`` (``--no-repeat --assign global``): a window of frames as one
   assignment (assign.py).
+
+Each policy says how many frames were committed when a batch starting at frame ``s`` was
+searched (``committed_before``): a resumed run searches the batch it re-enters with the
+reuse state of exactly those frames, so it sees what the uninterrupted run saw.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
 from fluxframe_render.assign import Candidates, assign_window
+from fluxframe_render.coherence import (
+    HoldParams,
+    HoldSelector,
+    OutOfCandidates,
+    Pick,
+    SmoothParams,
+    SmoothSelector,
+    exact_scorer,
+)
 from fluxframe_render.match import Batch, FrameMatcher
 from fluxframe_render.pipeline import Stage
+from fluxframe_render.reuse import ReuseRules
 from fluxframe_render.select import Choice, FrameRef, Selector
 from shared.search import UsedSet
 
 
-class PerFrame(Stage[Batch, Choice]):
-    """``--coherence off``: each frame chooses from its own candidates (select.Selector's rules)."""
+class Policy(Stage[Batch, Choice]):
+    """A selection policy stage; see the module docstring."""
 
     name = "select"
+
+    @property
+    def used(self) -> UsedSet | None:
+        """The ids a search must leave out now (None when no reuse rule is in force)."""
+        return None
+
+    def committed_before(self, start: int, history: Sequence[Choice]) -> int:
+        """Frames committed when the batch starting at ``start`` was searched: all before it, by default."""
+        return start
+
+
+class PerFrame(Policy):
+    """``--coherence off``: each frame chooses from its own candidates (select.Selector's rules)."""
 
     def __init__(self, selector: Selector, matcher: FrameMatcher, done: int) -> None:
         self.selector = selector
         self.matcher = matcher
         self.done = done
+
+    @property
+    def used(self) -> UsedSet | None:
+        return self.selector.used
 
     def process(self, item: Batch) -> Iterable[Choice]:
         assert item.queries is not None and item.scores is not None and item.ids is not None
@@ -43,7 +78,8 @@ class PerFrame(Stage[Batch, Choice]):
             if frame.index < self.done:
                 continue
             query = item.queries[row : row + 1]
-            made.append(self._choose(frame, query, item.scores[row], item.ids[row]))
+            choice = self._choose(frame, query, item.scores[row], item.ids[row])
+            made.append(_with_cut(choice, item, row))
         return made
 
     def _choose(
@@ -61,7 +97,126 @@ class PerFrame(Stage[Batch, Choice]):
         return selector.choose(frame, scores, ids, score_of, research)
 
 
-class GlobalAssign(Stage[Batch, Choice]):
+def _with_cut(choice: Choice, item: Batch, row: int) -> Choice:
+    cut = item.cuts is not None and bool(item.cuts[row])
+    return dataclasses.replace(choice, cut=True) if cut else choice
+
+
+class Hold(Policy):
+    """``--coherence hold``: hysteresis frame by frame (coherence.HoldSelector), committed frame by frame."""
+
+    def __init__(
+        self,
+        params: HoldParams,
+        rules: ReuseRules,
+        history: Sequence[Choice],
+        pool_size: int,
+        matcher: FrameMatcher,
+        done: int,
+    ) -> None:
+        self.selector = HoldSelector(params, rules, [c.image_id for c in history], pool_size)
+        self.matcher = matcher
+        self.done = done
+
+    @property
+    def used(self) -> UsedSet | None:
+        ledger = self.selector.ledger
+        return None if ledger.rules.unlimited else ledger.blocked
+
+    def process(self, item: Batch) -> Iterable[Choice]:
+        assert item.queries is not None and item.scores is not None and item.ids is not None
+        assert item.cuts is not None
+        made = []
+        for row, frame in enumerate(item.frames):
+            if frame.index < self.done:
+                continue
+            query = item.queries[row]
+            cut = bool(item.cuts[row])
+
+            def score_of(image_id: int, query: NDArray[np.float32] = query) -> float:
+                return self.matcher.score_of(query, image_id)
+
+            try:
+                pick = self.selector.choose(item.scores[row], item.ids[row], cut=cut, score_of=score_of)
+            except OutOfCandidates:
+                # Every candidate of the batch's search is blocked by now: search this frame again.
+                scores, ids = self.matcher.candidates(query.reshape(1, -1), self.used)
+                pick = self.selector.choose(scores[0], ids[0], cut=cut, score_of=score_of)
+            made.append(
+                Choice(frame.index, frame.source_index, frame.time, pick.image_id, pick.score, False, None, cut=cut)
+            )
+        return made
+
+
+class Smooth(Policy):
+    """``--coherence smooth``: Viterbi per segment (coherence.SmoothSelector); each segment committed whole."""
+
+    def __init__(
+        self,
+        params: SmoothParams,
+        rules: ReuseRules,
+        history: Sequence[Choice],
+        pool_size: int,
+        matcher: FrameMatcher,
+        done: int,
+    ) -> None:
+        scorer = exact_scorer(matcher.searcher.vectors)
+        self.selector = SmoothSelector(params, scorer, rules, [c.image_id for c in history], pool_size)
+        self.params = params
+        self.done = done
+        self._frames: dict[int, tuple[FrameRef, bool]] = {}
+
+    @property
+    def used(self) -> UsedSet | None:
+        ledger = self.selector.ledger
+        return None if ledger.rules.unlimited else ledger.blocked
+
+    def committed_before(self, start: int, history: Sequence[Choice]) -> int:
+        # Segments are committed when the frame after them arrives: searching the batch at
+        # ``start``, the segment holding frame start - 1 was still open.
+        segment = start - 1
+        while segment > 0 and not (history[segment].cut or segment % self.params.window == 0):
+            segment -= 1
+        return max(0, segment)
+
+    def process(self, item: Batch) -> Iterable[Choice]:
+        assert item.queries is not None and item.scores is not None and item.ids is not None
+        assert item.cuts is not None
+        made: list[Choice] = []
+        for row, frame in enumerate(item.frames):
+            if frame.index < self.done:
+                continue
+            cut = bool(item.cuts[row])
+            self._frames[frame.index] = (frame, cut)
+            picks = self.selector.push(item.queries[row], item.scores[row], item.ids[row], cut=cut)
+            made.extend(self._choices(picks, "cut" if cut else "chunk"))
+        return made
+
+    def finish(self) -> Iterable[Choice]:
+        return self._choices(self.selector.finish(), "cut")
+
+    def _choices(self, picks: Sequence[Pick], end: str) -> list[Choice]:
+        made = []
+        for position, pick in enumerate(picks):
+            frame, cut = self._frames.pop(pick.frame)
+            last = position == len(picks) - 1
+            made.append(
+                Choice(
+                    frame.index,
+                    frame.source_index,
+                    frame.time,
+                    pick.image_id,
+                    pick.score,
+                    False,
+                    None,
+                    scene_end=end if last else None,
+                    cut=cut,
+                )
+            )
+        return made
+
+
+class GlobalAssign(Policy):
     """``--assign global``: the frames of a window chosen together once the window is full (assign.py).
 
     It searches itself (the whole window's candidates, then what the assignment asks for),

@@ -36,13 +36,16 @@ from fluxframe_render.checkpoint import (
     switch_matches,
     video_identity,
 )
+from fluxframe_render.coherence import HoldParams, SmoothParams
 from fluxframe_render.compose import JpegWriter, MatchedImages
 from fluxframe_render.lock import OutputLock
-from fluxframe_render.match import Batch, Describe, FrameMatcher, Search, VideoFrames, auto_match_batch
+from fluxframe_render.match import Batch, Describe, FrameMatcher, Scenes, Search, VideoFrames, auto_match_batch
 from fluxframe_render.options import DEFAULT_WEIGHTS, RenderOptions
 from fluxframe_render.output import ChoiceFrames, FullFrame, OutputFrame
 from fluxframe_render.pipeline import Runner, RunTimings, Stage
-from fluxframe_render.policies import GlobalAssign, PerFrame
+from fluxframe_render.policies import GlobalAssign, Hold, PerFrame, Policy, Smooth
+from fluxframe_render.reuse import ReuseLedger
+from fluxframe_render.scenes import CutParams
 from fluxframe_render.select import HELD, Choice, SelectionPolicy, Selector
 from fluxframe_render.sinks import FramesSink, Mp4Sink, SamplesSink
 from fluxframe_render.video import FrameReader, VideoInfo, VideoWriter, output_schedule, probe_video
@@ -237,7 +240,7 @@ class _Render:
             "k": self.search_k(),
         }
         if o.coherence == "hold":
-            chosen.update(hold_margin=o.hold_margin, min_hold=o.min_hold)
+            chosen.update(hold_margin=o.hold_margin)
         if o.coherence == "smooth":
             chosen.update(switch_cost=o.switch_cost)
         if o.assign == "global":
@@ -270,29 +273,10 @@ def _match(
     options = run.options
     done = len(history)
     batch = run.match_batch()
-    first = done // batch * batch
+    cut_params = CutParams()
+    # Re-read enough frames before the first new one for its scene cut to be what it was.
+    first = max(0, done - cut_params.history) // batch * batch
     reader = run.reader(first)
-    policy = SelectionPolicy(
-        options.uses_limit == 1,
-        options.search_depth,
-        options.threshold,
-        header.seed or 0,
-        max_uses=options.uses_limit,
-        min_gap=options.min_reuse_gap,
-    )
-    selector = Selector(policy, run.bundle.count, history)
-    # The batch a resumed run re-enters was searched with what the frames before it had blocked.
-    first_blocked: UsedSet | None = None
-    if selector.used is not None and first < done:
-        replay = Selector(policy, run.bundle.count, history[:first])
-        replay.reuse.advance(first)
-        first_blocked = replay.used
-
-    def excluded(item: Batch) -> UsedSet | None:
-        if first_blocked is not None and item.frames[0].index == first:
-            return first_blocked
-        return selector.used
-
     matcher = FrameMatcher(
         run.bundle.extractor(),
         run.searcher(),
@@ -300,16 +284,40 @@ def _match(
         run.search_k(),
         enough=run.search_enough(),
     )
-    select: Stage[Batch, Choice]
-    stages: list[Stage[Any, Any]] = [Describe(matcher)]
+    selection = SelectionPolicy(
+        options.uses_limit == 1,
+        options.search_depth,
+        options.threshold,
+        header.seed or 0,
+        max_uses=options.uses_limit,
+        min_gap=options.min_reuse_gap,
+    )
+    rules, pool = selection.rules, run.bundle.count
+    policy: Policy
     if options.assign == "global":
-        select = GlobalAssign(selector, matcher, run.assign_window(), batch, done)
+        policy = GlobalAssign(Selector(selection, pool, history), matcher, run.assign_window(), batch, done)
+    elif options.coherence == "hold":
+        policy = Hold(HoldParams(options.hold_margin), rules, history, pool, matcher, done)
+    elif options.coherence == "smooth":
+        policy = Smooth(SmoothParams(options.switch_cost), rules, history, pool, matcher, done)
     else:
+        policy = PerFrame(Selector(selection, pool, history), matcher, done)
+
+    def excluded(item: Batch) -> UsedSet | None:
+        # A batch a resumed run re-enters is searched with the reuse state it had then.
+        start = item.frames[0].index
+        if policy.used is None or start >= done:
+            return policy.used
+        committed = policy.committed_before(start, history)
+        return ReuseLedger.replay(rules, (c.image_id for c in history[:committed]), pool).blocked
+
+    stages: list[Stage[Any, Any]] = [Describe(matcher), Scenes(cut_params)]
+    if options.assign != "global":
         stages.append(Search(matcher, excluded))
-        select = PerFrame(selector, matcher, done)
     bar = progress_bar(reader.expected, "matching", "frame", enabled=options.progress, initial=done)
-    commit = Commit(checkpoint, options.checkpoint_batch, units=options.assign == "global", on_commit=bar.update)
-    runner = Runner(VideoFrames(reader, run.bundle.spec.prepared_size(), batch, first=first), [*stages, select, commit])
+    units = options.assign == "global" or options.coherence == "smooth"
+    commit = Commit(checkpoint, options.checkpoint_batch, units=units, on_commit=bar.update)
+    runner = Runner(VideoFrames(reader, run.bundle.spec.prepared_size(), batch, first=first), [*stages, policy, commit])
     try:
         timings = runner.run()
     finally:
@@ -505,7 +513,7 @@ def _results(
         "most_used": most_used,
         "timings": {phase: t.to_dict() for phase, t in timings.items()},
         "frames": [
-            {**c.to_dict(), "time": round(c.time, 4), "score": round(c.score, 6), "path": p}
+            {**c.to_dict(), "cut": c.cut, "time": round(c.time, 4), "score": round(c.score, 6), "path": p}
             for c, p in zip(choices, paths, strict=True)
         ],
     }

@@ -12,10 +12,12 @@ cost stays flat however many images are used.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from shared.errors import UsageError
+from shared.search import UsedSet
 
 NO_IMAGE = -1
 
@@ -40,19 +42,26 @@ UNLIMITED = ReuseRules()
 
 
 class ReuseLedger:
-    """Uses of every image so far, the image on screen and the next frame to record."""
+    """Uses of every image so far, the image on screen and the next frame to record.
 
-    def __init__(self, rules: ReuseRules) -> None:
+    ``blocked`` is the set a search leaves out: every image that may not start a new run
+    at ``next_frame`` (used up, or inside its reuse gap), the one on screen included (it
+    can only continue). It changes in O(1) per frame: the cost stays flat as images are used.
+    """
+
+    def __init__(self, rules: ReuseRules, pool_size: int = 0) -> None:
         self.rules = rules
         self.uses: dict[int, int] = {}
         self.last_shown: dict[int, int] = {}  # image -> last frame it was shown on
         self.current = NO_IMAGE
         self.next_frame = 0
+        self.blocked = UsedSet(pool_size if not rules.unlimited else 0)
+        self._releases: deque[tuple[int, int]] = deque()  # (frame it may start again on, image), in order
 
     @classmethod
-    def replay(cls, rules: ReuseRules, image_ids: Iterable[int]) -> ReuseLedger:
+    def replay(cls, rules: ReuseRules, image_ids: Iterable[int], pool_size: int = 0) -> ReuseLedger:
         """The ledger after frames 0.. showed ``image_ids`` (a checkpoint's choices)."""
-        ledger = cls(rules)
+        ledger = cls(rules, pool_size)
         for image_id in image_ids:
             ledger.record(image_id)
         return ledger
@@ -61,6 +70,7 @@ class ReuseLedger:
         other = ReuseLedger(self.rules)
         other.uses, other.last_shown = dict(self.uses), dict(self.last_shown)
         other.current, other.next_frame = self.current, self.next_frame
+        other.blocked, other._releases = self.blocked.copy(), deque(self._releases)
         return other
 
     def allowed(self, image_id: int, frame: int) -> bool:
@@ -80,12 +90,6 @@ class ReuseLedger:
         last = self.last_shown.get(image_id)
         return last is None or frame - last - 1 >= rules.min_gap
 
-    def used_up(self) -> list[int]:
-        """Images that may never be shown again (except continuing the one on screen): for a search's exclusion."""
-        if self.rules.max_uses is None:
-            return []
-        return sorted(i for i, n in self.uses.items() if n >= self.rules.max_uses)
-
     def record(self, image_id: int) -> None:
         """Account for the image shown on ``next_frame``."""
         if image_id != self.current:
@@ -93,6 +97,22 @@ class ReuseLedger:
             self.current = image_id
         self.last_shown[image_id] = self.next_frame
         self.next_frame += 1
+        if self.blocked.size:
+            self._block(image_id)
+
+    def _block(self, image_id: int) -> None:
+        """Keep ``blocked`` equal to the images that may not start a run on ``next_frame``."""
+        rules = self.rules
+        if rules.max_uses is not None and self.uses[image_id] >= rules.max_uses:
+            self.blocked.add(image_id)  # used up: for good
+        elif rules.min_gap > 0:
+            self.blocked.add(image_id)
+            self._releases.append((self.last_shown[image_id] + rules.min_gap + 1, image_id))
+        while self._releases and self._releases[0][0] <= self.next_frame:
+            _, image = self._releases.popleft()
+            # Shown again since (a later release is queued) or used up meanwhile: it stays blocked.
+            if self.may_start(image, self.next_frame):
+                self.blocked.discard(image)
 
 
 def violations(rules: ReuseRules, image_ids: Iterable[int]) -> list[int]:

@@ -23,7 +23,6 @@ threshold rule.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fluxframe_render.reuse import ReuseLedger, ReuseRules
 from shared.errors import StateError, UsageError
 from shared.search import UsedSet
 
@@ -61,9 +61,14 @@ class Choice:
     threshold_applied: bool  # the best (or assigned) candidate scored below the threshold
     fallback: str | None  # one of FALLBACKS
     greedy_score: float | None = None  # --assign global: what greedy no-repeat would have scored here
-    # The last frame of a unit of choices committed together: "cut" (the next frame starts a new
-    # scene) or "chunk" (a long scene continues). A resumed run starts there, so it must know which.
+    # The last frame of a unit of choices committed together (a smoothed segment, an assigned
+    # window): "cut" (a new scene follows) or "chunk". A resumed run starts after such a frame.
     scene_end: str | None = None
+    cut: bool = False  # a scene starts at this frame (scenes.py): colour smoothing restarts here
+
+    @property
+    def unit_end(self) -> bool:
+        return self.scene_end is not None
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -79,6 +84,8 @@ class Choice:
             data["greedy_score"] = self.greedy_score
         if self.scene_end is not None:
             data["scene_end"] = self.scene_end
+        if self.cut:
+            data["cut"] = True
         return data
 
     @classmethod
@@ -99,6 +106,7 @@ class Choice:
             fallback=fallback,
             greedy_score=None if greedy is None else float(greedy),
             scene_end=data.get("scene_end"),
+            cut=bool(data.get("cut", False)),
         )
 
 
@@ -115,6 +123,10 @@ class SelectionPolicy:
     def uses_limit(self) -> int:
         return 1 if self.no_repeat else self.max_uses
 
+    @property
+    def rules(self) -> ReuseRules:
+        return ReuseRules(max_uses=self.uses_limit or None, min_gap=self.min_gap)
+
     def __post_init__(self) -> None:
         if self.search_depth < 1:
             raise UsageError(f"search depth must be >= 1, got {self.search_depth}")
@@ -127,58 +139,12 @@ class SelectionPolicy:
 Candidates = tuple[NDArray[np.float32], NDArray[np.int64]]
 
 
-class ReuseTracker:
-    """Which images a frame may not take: used up (--max-uses, --no-repeat) or shown too recently (--min-reuse-gap).
-
-    A run of consecutive frames showing one image is one use, and continuing a run is
-    always allowed (that is the image staying, not coming back). ``blocked`` is the set a
-    search excludes; it changes in O(1) per frame, so the cost stays flat as images are used.
-    Its state after frame t depends only on the choices up to t, so a resumed render
-    rebuilds it by replaying its checkpoint.
-    """
-
-    def __init__(self, pool_size: int, uses_limit: int, min_gap: int) -> None:
-        self.uses_limit = uses_limit
-        self.min_gap = min_gap
-        self.active = uses_limit > 0 or min_gap > 0
-        self.blocked = UsedSet(pool_size if self.active else 0)
-        self.uses: dict[int, int] = {}
-        self.last_shown: dict[int, int] = {}
-        self._releases: deque[tuple[int, int]] = deque()  # (frame it may come back at, id), in order
-        self.previous: int | None = None
-
-    def advance(self, frame_index: int) -> None:
-        """Release the images whose reuse gap has passed by ``frame_index``."""
-        while self._releases and self._releases[0][0] <= frame_index:
-            release, image_id = self._releases.popleft()
-            used_up = self.uses_limit > 0 and self.uses.get(image_id, 0) >= self.uses_limit
-            shown_since = self.last_shown.get(image_id, -1) + self.min_gap + 1 > release
-            if not used_up and not shown_since:
-                self.blocked.discard(image_id)
-
-    def allows(self, image_id: int) -> bool:
-        return not self.active or image_id == self.previous or not self.blocked.bits[image_id]
-
-    def record(self, image_id: int, frame_index: int) -> None:
-        if image_id != self.previous:
-            self.uses[image_id] = self.uses.get(image_id, 0) + 1
-        self.previous = image_id
-        if not self.active:
-            return
-        self.last_shown[image_id] = frame_index
-        if self.uses_limit > 0 and self.uses[image_id] >= self.uses_limit:
-            self.blocked.add(image_id)
-        elif self.min_gap > 0:
-            self.blocked.add(image_id)
-            self._releases.append((frame_index + self.min_gap + 1, image_id))
-
-
 class Selector:
     """Stateful chooser: remembers reuse (no-repeat, --max-uses, --min-reuse-gap) and the previous frame's image."""
 
     def __init__(self, policy: SelectionPolicy, pool_size: int, history: list[Choice] | None = None) -> None:
         self.policy = policy
-        self.reuse = ReuseTracker(pool_size, policy.uses_limit, policy.min_gap)
+        self.ledger = ReuseLedger(policy.rules, pool_size)
         self.previous: Choice | None = None
         for choice in history or []:
             self.record(choice)
@@ -186,12 +152,11 @@ class Selector:
     @property
     def used(self) -> UsedSet | None:
         """The ids a search must leave out now (None when no reuse rule is in force)."""
-        return self.reuse.blocked if self.reuse.active else None
+        return None if self.policy.rules.unlimited else self.ledger.blocked
 
     def record(self, choice: Choice) -> None:
         """Account for a choice made earlier (checkpoint replay) or just now."""
-        self.reuse.advance(choice.index)
-        self.reuse.record(choice.image_id, choice.index)
+        self.ledger.record(choice.image_id)
         self.previous = choice
 
     def choose(
@@ -207,7 +172,6 @@ class Selector:
         ``score_of(id)`` scores any image against this frame (for a held image);
         ``research()`` searches this frame alone with the current blocked ids excluded.
         """
-        self.reuse.advance(frame.index)
         valid = self._valid(ids)
         if not valid.any():
             if self.used is not None:

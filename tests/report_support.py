@@ -21,7 +21,7 @@ from skimage.metrics import structural_similarity
 from fluxframe_index.build import BuildOptions, build_bundle
 from fluxframe_render.render import RenderOptions, render
 from fluxframe_render.report import FrameRecord, ReportBuilder, tile_zoom_crop
-from fluxframe_render.video import iter_frames
+from fluxframe_render.video import FrameReader
 from shared.bundle import open_bundle
 from shared.report_html import Image
 from shared.spec import FeatureSpec
@@ -94,7 +94,7 @@ def build_report(rendered: RenderedClip, *, with_tiles: bool = True) -> tuple[Re
     builder = ReportBuilder(f"{rendered.clip.name} × {rendered.bundle.name}", len(frames))
     previous: int | None = None
     photos: list[Image] = []
-    for frame, source in zip(frames, iter_frames(rendered.clip), strict=True):
+    for frame, source in zip(frames, FrameReader(rendered.clip), strict=True):
         output = _read(rendered.out / "matched_frames" / f"frame_{frame['index']:06d}.jpg")
         switched = previous is not None and frame["image_id"] != previous
         previous = frame["image_id"]

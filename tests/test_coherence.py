@@ -154,12 +154,29 @@ def test_reuse_rules_are_never_broken_over_a_long_clip_with_a_small_pool(rules: 
 
 
 def test_ledger_counts_a_held_image_as_one_use() -> None:
-    ledger = ReuseLedger.replay(ReuseRules(max_uses=2, min_gap=3), [5, 5, 5, 6, 5, 7])
+    ledger = ReuseLedger.replay(ReuseRules(max_uses=2, min_gap=3), [5, 5, 5, 6, 5, 7], pool_size=10)
     assert ledger.uses == {5: 2, 6: 1, 7: 1}
-    assert ledger.used_up() == [5]
+    # What a search leaves out on frame 6: 5 used up, 6 and 7 inside their gaps.
+    assert np.flatnonzero(ledger.blocked.bits).tolist() == [5, 6, 7]
     assert not ledger.may_start(5, 6)
     assert ledger.allowed(7, 6)  # continuing the image on screen
     assert not ledger.may_start(6, 6) and ledger.may_start(6, 7)  # 6 last shown on frame 3: gap of 3 frames
+    ledger.record(7)
+    assert np.flatnonzero(ledger.blocked.bits).tolist() == [5, 7], "6's gap has passed by frame 7"
+
+
+def test_blocked_set_matches_the_rules_over_a_long_random_clip() -> None:
+    """The search's exclusion set is exactly the images that may not start a run, frame after frame."""
+    rng = np.random.default_rng(3)
+    rules = ReuseRules(max_uses=3, min_gap=5)
+    ledger = ReuseLedger(rules, pool_size=30)
+    for _ in range(400):
+        frame = ledger.next_frame
+        expected = [i for i in range(30) if not ledger.may_start(i, frame)]
+        assert np.flatnonzero(ledger.blocked.bits).tolist() == expected
+        allowed = [i for i in range(30) if ledger.allowed(i, frame)]
+        stay = ledger.current if ledger.current in allowed and rng.random() < 0.5 else None
+        ledger.record(stay if stay is not None else int(rng.choice(allowed)))
 
 
 def test_a_resumed_selection_picks_identically() -> None:

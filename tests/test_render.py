@@ -6,6 +6,7 @@ through a real child process. The pool is 48 JPEGs, the clip 60 frames at 320x18
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -78,7 +79,18 @@ def test_output_video_frames_audio_and_files(media: Media, full_render: Path) ->
     assert data["counts"]["frames"] == media.frames and data["seed"] == 3
     assert data["output"]["video"] == "clip_matched.mp4" and data["output"]["audio"] in ("copy", "aac")
     first = data["frames"][0]
-    assert set(first) == {"index", "source_index", "time", "image_id", "path", "score", "threshold_applied", "fallback"}
+    assert set(first) == {
+        "index",
+        "source_index",
+        "time",
+        "image_id",
+        "path",
+        "score",
+        "threshold_applied",
+        "fallback",
+        "cut",
+    }
+    assert first["cut"], "a scene starts at frame 0"
     assert [f["index"] for f in data["frames"]] == list(range(media.frames))
     assert all((media.pool / f["path"]).is_file() for f in data["frames"])
     assert (out / CHECKPOINT_NAME).is_file()
@@ -418,15 +430,17 @@ def _kill_when(process: subprocess.Popen[bytes], ready: Callable[[], bool], time
     [
         ({"seed": 4, "threshold": 0.72, "search_depth": 5}, 3),
         ({"no_repeat": True, "fps_override": 11.0}, 6),
+        ({"coherence": "hold", "hold_margin": 0.01, "max_uses": 2, "min_reuse_gap": 4}, 6),
+        ({"coherence": "smooth", "switch_cost": 0.01, "max_uses": 2, "min_reuse_gap": 4, "match_batch": 4}, 2),
     ],
-    ids=["random-threshold", "no-repeat"],
+    ids=["random-threshold", "no-repeat", "hold-reuse", "smooth-reuse"],
 )
 def test_kill_9_while_matching_then_resume_equals_uninterrupted(
     media: Media, tmp_path: Path, options: dict[str, object], kill_after_lines: int
 ) -> None:
     from fluxframe_render.render import RenderOptions, render
 
-    options = {**options, "match_batch": 8, "checkpoint_batch": 2, "skip_output": True}
+    options = {"match_batch": 8, **options, "checkpoint_batch": 2, "skip_output": True}
     reference = tmp_path / "reference"
     render(media.clip, media.bundle, reference, RenderOptions(**options))  # type: ignore[arg-type]
 
@@ -501,3 +515,30 @@ def test_two_renders_share_one_bundle_side_by_side(media: Media, tmp_path: Path)
     ]
     assert [child.wait(timeout=120) for child in children] == [0, 0]
     assert results(tmp_path / "a")["frames"] == results(tmp_path / "b")["frames"]
+
+
+@pytest.mark.parametrize("coherence", ["off", "hold", "smooth"])
+def test_reuse_rules_hold_in_every_coherence_mode(media: Media, tmp_path: Path, coherence: str) -> None:
+    """60 frames from 48 images with at most 2 uses each and 6 frames between: zero violations, each mode."""
+    from fluxframe_render.reuse import ReuseRules, violations
+
+    run = run_cli(
+        media.clip,
+        media.bundle,
+        tmp_path,
+        "--coherence",
+        coherence,
+        "--max-uses",
+        "2",
+        "--min-reuse-gap",
+        "6",
+        "--skip-output",
+        "--quiet",
+    )
+    assert run.code == 0, run.stderr
+    ids = image_ids(tmp_path)
+    assert len(ids) == media.frames
+    assert violations(ReuseRules(max_uses=2, min_gap=6), ids) == []
+    runs = 1 + sum(a != b for a, b in itertools.pairwise(ids))
+    assert runs >= 4, "the rules were exercised across scenes"
+    assert results(tmp_path)["match_options"]["coherence"] == coherence
