@@ -80,7 +80,7 @@ class RenderResult:
     frames: int
     fps: float
     distinct_images: int
-    repeats: int  # frames showing an image an earlier frame chose too (holds excluded)
+    repeats: int  # times an image comes back after others were shown (staying on screen is not a repeat)
     held: int  # frames holding the previous image because of the threshold
     threshold_applied: int
     resumed_frames: int  # choices taken from the checkpoint
@@ -473,10 +473,13 @@ class _Names:
 def _counts(choices: list[Choice]) -> dict[str, Any]:
     seen: set[int] = set()
     repeats = 0
+    previous: int | None = None
     for choice in choices:
-        if choice.fallback != HELD and choice.image_id in seen:
+        # A repeat is an image coming back: held frames and an image staying on screen are not.
+        if choice.fallback != HELD and choice.image_id != previous and choice.image_id in seen:
             repeats += 1
         seen.add(choice.image_id)
+        previous = choice.image_id
     scores = [c.score for c in choices]
     switches = sum(1 for a, b in itertools.pairwise(choices) if a.image_id != b.image_id)
     return {
