@@ -363,9 +363,8 @@ def main() -> None:
     print(f"[look] {args.out / 'look.json'} and strips written in {result['seconds']} s")
 
 
-def targets(
-    table: dict[str, dict[str, Any]], sweeps: dict[str, dict[str, dict[str, Any]]]
-) -> dict[str, tuple[bool, str]]:
+def targets(table: dict[str, dict[str, Any]]) -> dict[str, tuple[bool, str]]:
+    """The look issue's targets, per clip: (met, the figures)."""
     checks: dict[str, tuple[bool, str]] = {}
     for clip in CLIPS:
         default = table[f"{clip} smooth local"]
@@ -399,7 +398,8 @@ def targets(
 
 def print_table(table: dict[str, dict[str, Any]]) -> None:
     print(
-        "| clip | coherence | colour | SSIM | ΔE 16x9 | ΔE 64x36 | SSIM to photo | flicker | switches | images | score |"
+        "| clip | coherence | colour | SSIM | ΔE 16x9 | ΔE 64x36 | SSIM to photo | flicker | switches | images "
+        "| score |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for key, r in table.items():
