@@ -9,7 +9,7 @@ Frames are described with the bundle's own extractor and weights exactly as ff-r
 match.py does, searched with shared.search.Searcher, then chosen by coherence.py,
 coloured by color_transfer.py and measured by shared.quality, through their Python APIs.
 
-It sweeps the hold margin, the smooth switch cost, the local grid and strength, picks
+It sweeps the hold margin, the smooth switch cost, the local grid and strengths, picks
 the defaults by the rules in ``choose_defaults`` and prints the table of every coherence
 mode x colour mode at those defaults, checked against the look issue's targets. Output
 frames are kept small (long side 640): every metric is measured on thumbnails. Strips
@@ -61,7 +61,11 @@ RANDOM_DEPTH = 10  # ff-render's default today: a random one of the top 10
 HOLD_MARGINS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.08)
 SWITCH_COSTS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
 GRIDS = ((4, 3), (8, 5), (16, 9), (32, 18))
-STRENGTHS = (0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.75, 1.0)
+STRENGTHS = (0.25, 0.35, 0.45, 0.5, 0.6, 0.75, 1.0)
+# The colour channels further than lightness: on the finer grids, at the strengths near the photo's limit.
+CHROMA_GRIDS = ((16, 9), (32, 18))
+CHROMA_LIGHT_STRENGTHS = (0.3, 0.35, 0.4, 0.45)
+CHROMA_STRENGTHS = (0.6, 0.8, 1.0)
 MAX_SCORE_LOSS = 0.05  # issue: smooth may cost at most 5 % of the mean score against off
 # A coherence setting is as stable as the most stable one when its switch rate is within this share of it.
 STABLE_SHARE = 0.10
@@ -211,9 +215,10 @@ def choose_defaults(sweeps: dict[str, dict[str, dict[str, Any]]]) -> dict[str, A
     - hold margin, smooth switch cost: the smallest setting whose switch rate is within
       STABLE_SHARE of the most stable setting's on every clip (beyond it only the score
       falls), among those whose mean score stays within MAX_SCORE_LOSS of off on every clip;
-    - local grid and strength: the highest SSIM to the source (worst clip) among the
-      settings that keep SSIM to the photo >= LOCAL_PHOTO_SSIM_MIN on every clip: the photo
-      must stay a photo; ΔE and SSIM to the source are then what they are (the targets are checked).
+    - local grid, strength and chroma strength: the highest SSIM to the source (worst clip)
+      among the settings that keep SSIM to the photo >= LOCAL_PHOTO_SSIM_MIN and ΔE <=
+      LOCAL_DELTA_E_MAX on every clip; when none does, the photo rule alone (the photo must
+      stay a photo; the targets are then checked and reported as missed).
     """
 
     def within_loss(setting: dict[str, Any]) -> bool:
@@ -230,19 +235,24 @@ def choose_defaults(sweeps: dict[str, dict[str, dict[str, Any]]]) -> dict[str, A
         ]
         return min(stable)
 
-    feasible = {
-        key: min(r["ssim"] for r in s.values())
-        for key, s in sweeps["local"].items()
-        if all(r["photo_ssim"] >= LOCAL_PHOTO_SSIM_MIN for r in s.values())
-    }
-    local = max(feasible, key=lambda k: (feasible[k], k)) if feasible else "16x9@0.4"
-    grid, strength = local.split("@")
+    def best_local(delta_e_max: float) -> str | None:
+        feasible = {
+            key: min(r["ssim"] for r in s.values())
+            for key, s in sweeps["local"].items()
+            if all(r["photo_ssim"] >= LOCAL_PHOTO_SSIM_MIN and r["delta_e"] <= delta_e_max for r in s.values())
+        }
+        return max(feasible, key=lambda k: (feasible[k], k)) if feasible else None
+
+    local = best_local(LOCAL_DELTA_E_MAX) or best_local(float("inf")) or "16x9@0.4"
+    grid, strengths = local.split("@")
+    strength, _, chroma = strengths.partition("/c")
     cols, rows = (int(x) for x in grid.split("x"))
     return {
         "hold_margin": most_stable(sweeps["hold"], min(HOLD_MARGINS)),
         "switch_cost": most_stable(sweeps["smooth"], min(SWITCH_COSTS)),
         "grid": (cols, rows),
         "strength": float(strength),
+        "chroma_strength": float(chroma) if chroma else None,
     }
 
 
@@ -276,7 +286,10 @@ def timings(clip_name: str, bundle: Bundle, defaults: dict[str, Any]) -> dict[st
     out["quality_ms"] = 1000 * (time.process_time() - start) / len(frames)
     out["quality_besides_resizes_ms"] = out["quality_ms"] - out["thumbnail_resizes_ms"]
     for mode in ("global", "local"):
-        transfer = ColorTransfer(ColorParams(mode, defaults["strength"], grid=defaults["grid"]))
+        params = ColorParams(
+            mode, defaults["strength"], grid=defaults["grid"], chroma_strength=defaults["chroma_strength"]
+        )
+        transfer = ColorTransfer(params)
         start = time.process_time()
         for i, f in enumerate(frames):
             transfer.apply(photo, f, cut=i == 0)
@@ -316,6 +329,14 @@ def main() -> None:
         for g in GRIDS
         for s in STRENGTHS
     }
+    sweeps["local"].update(
+        {
+            f"{g[0]}x{g[1]}@{s:g}/c{c:g}": per_clip(chosen_smooth, ColorParams("local", s, grid=g, chroma_strength=c))
+            for g in CHROMA_GRIDS
+            for s in CHROMA_LIGHT_STRENGTHS
+            for c in CHROMA_STRENGTHS
+        }
+    )
     sweeps["global"] = {f"{s:g}": per_clip(chosen_smooth, ColorParams("global", s)) for s in STRENGTHS}
     defaults = choose_defaults(sweeps)
     print(f"[look] defaults: {defaults}", flush=True)
@@ -326,8 +347,10 @@ def main() -> None:
     }
     colours = {
         "off": plain,
-        "global": ColorParams("global", defaults["strength"]),
-        "local": ColorParams("local", defaults["strength"], grid=defaults["grid"]),
+        "global": ColorParams("global", defaults["strength"], chroma_strength=defaults["chroma_strength"]),
+        "local": ColorParams(
+            "local", defaults["strength"], grid=defaults["grid"], chroma_strength=defaults["chroma_strength"]
+        ),
     }
     table: dict[str, dict[str, Any]] = {}
     for clip in clips:
