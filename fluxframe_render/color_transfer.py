@@ -43,6 +43,9 @@ Stats = NDArray[np.float32]
 class ColorParams:
     mode: str = "off"
     strength: float = 0.5  # 0 = the photo unchanged, 1 = the frame's statistics
+    # Strength for the colour channels (a, b) alone; None: ``strength``. SSIM, and the eye, read
+    # structure from lightness: the frame's colours can come through further than its light.
+    chroma_strength: float | None = None
     grid: tuple[int, int] = (16, 9)  # local: cells across, down
     smoothing: float = 0.3  # weight of the newest frame in the moving average; 1 = no smoothing
 
@@ -51,10 +54,19 @@ class ColorParams:
             raise UsageError(f"--color-transfer must be one of {', '.join(COLOR_MODES)}, got {self.mode!r}")
         if not (np.isfinite(self.strength) and 0 <= self.strength <= 1):
             raise UsageError(f"--color-strength must be within [0, 1], got {self.strength}")
+        chroma = self.chroma_strength
+        if chroma is not None and not (np.isfinite(chroma) and 0 <= chroma <= 1):
+            raise UsageError(f"--color-chroma-strength must be within [0, 1], got {chroma}")
         if min(self.grid) < 1:
             raise UsageError(f"--color-grid must be at least 1x1, got {self.grid[0]}x{self.grid[1]}")
         if not (np.isfinite(self.smoothing) and 0 < self.smoothing <= 1):
             raise UsageError(f"colour smoothing must be within (0, 1], got {self.smoothing}")
+
+
+def channel_strengths(params: ColorParams) -> NDArray[np.float32]:
+    """Strength per LAB channel: L, a, b."""
+    chroma = params.strength if params.chroma_strength is None else params.chroma_strength
+    return np.array([params.strength, chroma, chroma], dtype=np.float32)
 
 
 def lab8(image: Image) -> NDArray[np.float32]:
@@ -107,7 +119,7 @@ class ColorTransfer:
     def apply(self, photo: Image, frame: Image, *, cut: bool) -> Image:
         """``photo`` (uint8 BGR at output size) adapted toward ``frame`` (the next frame in order)."""
         target = self.frame_stats(frame, cut=cut)
-        if target is None or self.params.strength == 0:
+        if target is None or not channel_strengths(self.params).any():
             return photo
         lab = cast(Image, cv2.cvtColor(photo, cv2.COLOR_BGR2Lab))
         shifted = self._global(lab, photo, target) if self.params.mode == "global" else self._local(lab, photo, target)
@@ -115,7 +127,7 @@ class ColorTransfer:
 
     def _global(self, lab: Image, photo: Image, target: Stats) -> Image:
         """Each channel's affine map, as a lookup table over 8-bit LAB (one pass over the pixels)."""
-        s = np.float32(self.params.strength)
+        s = channel_strengths(self.params)
         stats = global_stats(photo)
         mean, std = stats[:3], stats[3:]
         want_mean = (1 - s) * mean + s * target[:3]
@@ -128,7 +140,8 @@ class ColorTransfer:
 
     def _local(self, lab: Image, photo: Image, target: Stats) -> Image:
         h, w = photo.shape[:2]
-        shift = np.float32(self.params.strength) * (target - grid_means(photo, self.params.grid)) * _LAB8_SCALE
+        strengths = channel_strengths(self.params)
+        shift = strengths * (target - grid_means(photo, self.params.grid)) * _LAB8_SCALE
         # Bicubic to a quarter of the size, then bilinear: as smooth to the eye, a third of the cost at 720p.
         quarter = cv2.resize(shift, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_CUBIC)
         smooth = cv2.resize(quarter, (w, h), interpolation=cv2.INTER_LINEAR)

@@ -21,13 +21,13 @@ from typing import Any
 import cv2
 import numpy as np
 from numpy.typing import NDArray
-from skimage.metrics import structural_similarity
 
 FINE_SIZE = (64, 36)  # (w, h): SSIM and fine ΔE
 COARSE_SIZE = (16, 9)  # (w, h): ΔE and flicker
 # Below this mean frame-to-frame ΔE the source is a still shot (its own change is encoder
 # noise, ~0.4 measured on a still): a ratio to it would say more about the noise than the output.
 STILL_SOURCE_DELTA_E = 0.05
+SSIM_WINDOW = 7
 
 Frame = NDArray[np.uint8]
 Lab = NDArray[np.float32]
@@ -64,8 +64,28 @@ def delta_e(a: Lab, b: Lab) -> float:
 
 
 def ssim(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> float:
-    """SSIM of two grey uint8 thumbnails (skimage's 7x7 uniform window)."""
-    return float(structural_similarity(a, b, data_range=255))  # type: ignore[no-untyped-call]
+    """Mean SSIM of two grey uint8 thumbnails: skimage's structural_similarity with its defaults.
+
+    The same formula (7x7 uniform window, sample covariance, K1 = 0.01, K2 = 0.03, the
+    3-pixel border left out) with OpenCV box filters: a quarter of skimage's time on a 64x36
+    thumbnail, where its per-call overhead dominated the metrics' cost per frame.
+    """
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    window = (SSIM_WINDOW, SSIM_WINDOW)
+
+    def mean(image: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.asarray(cv2.blur(image, window, borderType=cv2.BORDER_REFLECT))
+
+    n = SSIM_WINDOW * SSIM_WINDOW
+    cov_norm = n / (n - 1)
+    ux, uy = mean(x), mean(y)
+    vx = cov_norm * (mean(x * x) - ux * ux)
+    vy = cov_norm * (mean(y * y) - uy * uy)
+    vxy = cov_norm * (mean(x * y) - ux * uy)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    pad = SSIM_WINDOW // 2
+    return float(s[pad:-pad, pad:-pad].mean())
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 from fluxframe_render.coherence import (
     HoldParams,
     HoldSelector,
+    Pick,
     SmoothParams,
     SmoothSelector,
     exact_scorer,
@@ -247,3 +248,35 @@ def test_scene_cuts_of_real_shots_batch_by_batch_and_after_a_resume(tmp_path: Pa
     for start in (5, 40, 61):
         lead = vectors[max(0, start - history) : start]
         assert CutDetector(lead_in=lead).push(vectors[start:]).tolist() == cuts[start:].tolist()
+
+
+def test_a_render_killed_after_a_segment_resumes_identically_batch_by_batch() -> None:
+    """As a render drives them: cuts and smooth choices batch by batch, resumed from the committed choices only."""
+    clip = _DriftingClip(500, 40, k=8, seed=3)
+    scorer = exact_scorer(clip.vectors)
+    rules = ReuseRules(max_uses=2, min_gap=30)
+    params, cut_params, batch = SmoothParams(0.25, window=96), CutParams(min_distance=0.1), 32
+    cuts = scene_cuts(clip.queries, cut_params)
+
+    def run(start: int, history: list[int]) -> list[Pick]:
+        lead = clip.queries[max(0, start - cut_params.history) : start]
+        detector = CutDetector(cut_params, lead_in=lead if start else None)
+        selector = SmoothSelector(params, scorer, rules, history)
+        picks: list[Pick] = []
+        for first in range(start, 500, batch):
+            rows = slice(first, min(500, first + batch))
+            cuts = detector.push(clip.queries[rows])
+            for t, cut in zip(range(rows.start, rows.stop), cuts.tolist(), strict=True):
+                picks += selector.push(clip.queries[t], clip.scores[t], clip.ids[t], cut=cut)
+        return picks + selector.finish()
+
+    whole = run(0, [])
+    ids = [p.image_id for p in whole]
+    assert violations(rules, ids) == []
+    # A kill leaves whole segments in the checkpoint: resume at each segment start seen.
+    committed = sorted(
+        {p.frame for p in whole if p.frame == 0 or p.frame % params.window == 0} | set(np.flatnonzero(cuts).tolist())
+    )
+    assert len(committed) > 10  # five cuts off the window's grid, and the grid
+    for start in committed[1:]:
+        assert run(start, ids[:start]) == whole[start:]

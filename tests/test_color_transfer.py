@@ -82,3 +82,15 @@ def test_frame_statistics_are_smoothed_within_a_scene_and_restart_at_a_cut(mode:
     smoothed.frame_stats(frame, cut=True)
     stats = smoothed.frame_stats(other, cut=False)
     assert stats is not None and np.allclose(stats, expected, atol=1e-4)
+
+
+def test_chroma_strength_moves_the_colour_channels_apart_from_lightness() -> None:
+    frame, photo = _pair()
+    out = ColorTransfer(ColorParams("local", 0.0, grid=(16, 9), chroma_strength=1.0)).apply(photo, frame, cut=True)
+    target, before, after = (grid_means(image, (16, 9)) for image in (frame, photo, out))
+    lightness_before = np.abs(target[..., 0] - before[..., 0]).mean()
+    lightness_after = np.abs(target[..., 0] - after[..., 0]).mean()
+    colour_before = np.abs(target[..., 1:] - before[..., 1:]).mean()
+    colour_after = np.abs(target[..., 1:] - after[..., 1:]).mean()
+    assert colour_after < 0.2 * colour_before  # a and b: the frame's (up to the gamut)
+    assert lightness_after == pytest.approx(lightness_before, rel=0.15)  # L: the photo's

@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from skimage.metrics import structural_similarity
 
 from shared.quality import QualityTracker, Thumbnails, delta_e, ssim
 from tests.media import skimage_images
@@ -36,6 +37,14 @@ def test_same_picture_at_two_sizes_scores_alike_and_different_pictures_do_not() 
     other = Thumbnails.of(_at(coffee, (1280, 720)))
     assert ssim(big.grey, other.grey) < 0.3
     assert delta_e(big.lab_coarse, other.lab_coarse) > 15
+
+
+def test_ssim_is_skimage_structural_similarity() -> None:
+    pictures = [Thumbnails.of(p).grey for p in colour_images()[:4]]
+    for a in pictures:
+        for b in pictures:
+            reference = structural_similarity(a, b, data_range=255)  # type: ignore[no-untyped-call]
+            assert ssim(a, b) == pytest.approx(reference, abs=1e-9)
 
 
 def test_tracker_counts_switches_images_and_flicker() -> None:
