@@ -81,6 +81,10 @@ def main(ctx: click.Context, /, video: Path, bundle: Path, out: Path, debug: boo
         ("demo_seconds", "--demo", bool(values.get("demo"))),
         ("demo_images", "--demo", bool(values.get("demo"))),
         ("assign_window", "--assign global", values.get("assign") == "global"),
+        ("seed", "--coherence off", values.get("coherence") == "off" or values.get("assign") == "global"),
+        ("threshold", "--coherence off", values.get("coherence") == "off" or values.get("assign") == "global"),
+        ("hold_margin", "--coherence hold", values.get("coherence") == "hold"),
+        ("switch_cost", "--coherence smooth", values.get("coherence") == "smooth"),
     ):
         if not applies and given_on_command_line(ctx, name):
             warn(f"--{name.replace('_', '-')} only applies with {needs}; ignored")

@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from fluxframe_render.assign import ASSIGN_MODES
+from fluxframe_render.coherence import COHERENCE_MODES
+from fluxframe_render.color_transfer import COLOR_MODES
 from fluxframe_render.video import X264_PRESETS
 from shared.errors import UsageError
 from shared.options import option, validate_fields
 
 DEFAULT_WEIGHTS = (0.33, 0.33, 0.34)
-COHERENCE_MODES = ("off", "hold", "smooth")
-COLOR_TRANSFER_MODES = ("off", "global", "local")
+# Smooth and hold choose among at least this many candidates per frame: the look bench's setting.
+COHERENCE_CANDIDATES = 32
 
 MATCHING = "Matching"
 LOOK = "Look"
@@ -44,7 +46,8 @@ class RenderOptions:
     )
     search_depth: int = option(
         10,
-        "Candidates per frame: what --coherence chooses among (with --coherence off, one of the top N at random).",
+        f"Candidates per frame: --coherence off picks one of the top N at random (with --seed), hold and smooth "
+        f"choose among at least {COHERENCE_CANDIDATES}.",
         MATCHING,
         minimum=1,
     )
@@ -75,9 +78,9 @@ class RenderOptions:
     )
     # -- the look ---------------------------------------------------------------------------------
     coherence: str = option(
-        "off",
-        "How images follow the video: off = best (or random top-N) per frame; hold = keep the image while it "
-        "scores within --hold-margin of the best; smooth = best sequence per scene (Viterbi, --switch-cost).",
+        "smooth",
+        "How images follow the video: off = each frame alone; hold = keep the image while it scores within "
+        "--hold-margin of the best; smooth = the best sequence of each scene (Viterbi, --switch-cost).",
         LOOK,
         choices=COHERENCE_MODES,
     )
@@ -85,18 +88,33 @@ class RenderOptions:
         0.05, "--coherence hold: keep the current image while its score is within this of the best.", LOOK, minimum=0
     )
     switch_cost: float = option(
-        0.05, "--coherence smooth: score one switch of image costs (higher = fewer switches).", LOOK, minimum=0
+        0.2,
+        "--coherence smooth: summed score a switch of image must gain (higher = fewer switches).",
+        LOOK,
+        minimum=0,
     )
     color_transfer: str = option(
-        "off",
-        "Adapt each image's colours toward its frame: global (mean/std in LAB) or local (low-frequency layout).",
+        "local",
+        "Adapt each image's colours toward its frame: local (the frame's low-frequency layout of light and "
+        "colour), global (mean/std in LAB) or off.",
         LOOK,
-        choices=COLOR_TRANSFER_MODES,
+        choices=COLOR_MODES,
     )
     color_strength: float = option(
-        0.5, "How far colour transfer moves an image toward its frame (0 = untouched).", LOOK, minimum=0, maximum=1
+        0.35,
+        "How far colour transfer moves an image's lightness toward its frame (0 = untouched).",
+        LOOK,
+        minimum=0,
+        maximum=1,
     )
-    color_grid: str = option("16x9", "--color-transfer local: cells of the colour layout, COLSxROWS.", LOOK)
+    color_chroma_strength: float = option(
+        0.8,
+        "How far it moves the colours (LAB a, b): further than the light, the photo keeps its structure.",
+        LOOK,
+        minimum=0,
+        maximum=1,
+    )
+    color_grid: str = option("32x18", "--color-transfer local: cells of the colour layout, COLSxROWS.", LOOK)
     # -- reuse ------------------------------------------------------------------------------------
     no_repeat: bool = option(False, "Use every image at most once (the same as --max-uses 1).", REUSE)
     max_uses: int = option(
@@ -106,7 +124,7 @@ class RenderOptions:
     assign: str = option(
         "greedy",
         "With --no-repeat: greedy gives each frame in turn its best unused image; global solves a window of "
-        "frames as one assignment (best total score).",
+        "frames as one assignment (best total score; each frame alone, as --coherence off).",
         REUSE,
         choices=ASSIGN_MODES,
     )
@@ -173,6 +191,9 @@ class RenderOptions:
 
     def __post_init__(self) -> None:
         validate_fields(self)
+        if self.assign == "global" and self.coherence != "off":
+            # A global assignment gives every frame of a window its own image: per-frame by nature.
+            object.__setattr__(self, "coherence", "off")
         rules: list[tuple[bool, str]] = [
             (
                 self.assign != "global" or self.uses_limit == 1,

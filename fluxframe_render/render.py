@@ -41,7 +41,7 @@ from fluxframe_render.color_transfer import ColorParams, ColorTransfer
 from fluxframe_render.compose import JpegWriter, MatchedImages
 from fluxframe_render.lock import OutputLock
 from fluxframe_render.match import Batch, Describe, FrameMatcher, Scenes, Search, VideoFrames, auto_match_batch
-from fluxframe_render.options import DEFAULT_WEIGHTS, RenderOptions, parse_grid
+from fluxframe_render.options import COHERENCE_CANDIDATES, DEFAULT_WEIGHTS, RenderOptions, parse_grid
 from fluxframe_render.output import ChoiceFrames, Colour, FullFrame, OutputFrame, Quality
 from fluxframe_render.pipeline import Runner, RunTimings, Stage
 from fluxframe_render.policies import GlobalAssign, Hold, PerFrame, Policy, Smooth
@@ -206,6 +206,8 @@ class _Render:
         depth = self.options.search_depth
         if self.options.assign == "global":
             return candidate_depth(depth)
+        if self.options.coherence != "off":
+            depth = max(depth, COHERENCE_CANDIDATES)
         return max(depth, self.match_batch()) if self.options.uses_limit > 0 else depth
 
     def search_enough(self) -> int | None:
@@ -384,7 +386,12 @@ def _output(run: _Render, choices: list[Choice], fps: float, root: Path) -> _Wri
     names = _Names(run.bundle)
     # Source frames are decoded again for the look metrics, colour transfer, samples and the report.
     source = ChoiceFrames(choices, run.reader())
-    colour = ColorParams(options.color_transfer, options.color_strength, parse_grid(options.color_grid, "--color-grid"))
+    colour = ColorParams(
+        options.color_transfer,
+        options.color_strength,
+        options.color_chroma_strength,
+        parse_grid(options.color_grid, "--color-grid"),
+    )
     quality = Quality(with_photo=colour.mode != "off")
     stages: list[Stage[OutputFrame, OutputFrame]] = [FullFrame(images, [c.image_id for c in choices])]
     if colour.mode != "off":
@@ -596,13 +603,13 @@ def _frame_look(record: FrameQuality) -> dict[str, Any]:
 def _seed(options: RenderOptions, out: Path) -> int | None:
     """The seed of the random pick: the one given, else the one OUT's checkpoint drew, else a new draw.
 
-    Only --coherence off without reuse limits draws; the others never use a seed, so none is
-    made up for them and their results do not vary from run to run.
+    Only --coherence off without reuse limits draws; the other modes never use a seed, so none is
+    recorded for them (a --seed given there changes nothing) and their results do not vary from run to run.
     """
-    if options.seed is not None:
-        return options.seed
     if options.coherence != "off" or options.uses_limit > 0:
         return None
+    if options.seed is not None:
+        return options.seed
     existing = read_header(out / CHECKPOINT_NAME)
     if existing is not None and existing.seed is not None:
         return existing.seed

@@ -132,7 +132,7 @@ def test_greedy_choices_research_in_batches_only_when_candidates_run_out(pool: P
 
 
 def test_global_through_the_cli_beats_greedy_with_zero_repeats(media: Media, tmp_path: Path) -> None:
-    common = ["--no-repeat", "--fps-override", "11", "--skip-output"]
+    common = ["--no-repeat", "--fps-override", "11", "--skip-output", "--coherence", "off"]
     greedy = run_cli(media.clip, media.bundle, tmp_path / "greedy", *common, "--quiet")
     assert greedy.code == 0, greedy.stderr
     run = run_cli(media.clip, media.bundle, tmp_path / "global", *common, "--assign", "global")

@@ -41,6 +41,8 @@ from tests.render_support import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+# Each frame alone, the photo untouched: what the tests of per-frame selection and of the pictures themselves need.
+PER_FRAME = ("--coherence", "off", "--color-transfer", "off")
 # The installed console script: the real command a user runs.
 FF_RENDER = Path(sys.executable).parent / "ff-render"
 
@@ -54,7 +56,9 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Media:
 def full_render(media: Media, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One complete render with samples, shared by the tests that only inspect its output."""
     out = tmp_path_factory.mktemp("full") / "out"
-    run = run_cli(media.clip, media.bundle, out, "--seed", "3", "--save-samples", "3", "--sample-interval", "20")
+    run = run_cli(
+        media.clip, media.bundle, out, *PER_FRAME, "--seed", "3", "--save-samples", "3", "--sample-interval", "20"
+    )
     assert run.code == 0, run.stderr
     return out
 
@@ -122,7 +126,9 @@ def test_matched_frames_are_the_pool_images_at_video_size(media: Media, full_ren
 
 
 def test_fps_override_keeps_duration(media: Media, tmp_path: Path) -> None:
-    run = run_cli(media.clip, media.bundle, tmp_path, "--fps-override", "5", "--no-frames", "--seed", "1", "--quiet")
+    run = run_cli(
+        media.clip, media.bundle, tmp_path, "--fps-override", "5", "--no-frames", *PER_FRAME, "--seed", "1", "--quiet"
+    )
     assert run.code == 0, run.stderr
     facts = describe_video(tmp_path / "clip_matched.mp4")
     assert facts.frames == 20 and facts.fps == pytest.approx(5)
@@ -134,7 +140,9 @@ def test_fps_override_keeps_duration(media: Media, tmp_path: Path) -> None:
 
 
 def test_no_repeat_has_zero_duplicates(media: Media, tmp_path: Path) -> None:
-    run = run_cli(media.clip, media.bundle, tmp_path, "--no-repeat", "--fps-override", "11", "--skip-output")
+    run = run_cli(
+        media.clip, media.bundle, tmp_path, *PER_FRAME, "--no-repeat", "--fps-override", "11", "--skip-output"
+    )
     assert run.code == 0, run.stderr
     ids = image_ids(tmp_path)
     assert len(ids) == 44 and len(set(ids)) == 44
@@ -153,7 +161,7 @@ def test_no_repeat_that_would_exhaust_the_pool_fails_before_rendering(media: Med
 def test_same_seed_same_results_other_seed_differs(media: Media, tmp_path: Path) -> None:
     runs = {}
     for name, seed in (("a", "11"), ("b", "11"), ("c", "12")):
-        run = run_cli(media.clip, media.bundle, tmp_path / name, "--seed", seed, "--skip-output", "--quiet")
+        run = run_cli(media.clip, media.bundle, tmp_path / name, *PER_FRAME, "--seed", seed, "--skip-output", "--quiet")
         assert run.code == 0, run.stderr
         runs[name] = results(tmp_path / name)["frames"]
     assert runs["a"] == runs["b"]
@@ -161,7 +169,9 @@ def test_same_seed_same_results_other_seed_differs(media: Media, tmp_path: Path)
 
 
 def test_threshold_holds_previous_image(media: Media, tmp_path: Path) -> None:
-    run = run_cli(media.clip, media.bundle, tmp_path, "--threshold", "1", "--seed", "1", "--skip-output", "--quiet")
+    run = run_cli(
+        media.clip, media.bundle, tmp_path, *PER_FRAME, "--threshold", "1", "--seed", "1", "--skip-output", "--quiet"
+    )
     assert run.code == 0, run.stderr
     frames = results(tmp_path)["frames"]
     assert frames[0]["fallback"] == "first_below_threshold" and frames[0]["threshold_applied"]
@@ -171,14 +181,17 @@ def test_threshold_holds_previous_image(media: Media, tmp_path: Path) -> None:
     assert counts["held"] == 59 and counts["repeats"] == 0
     # A threshold under every score changes nothing.
     low = tmp_path / "low"
-    assert run_cli(media.clip, media.bundle, low, "--threshold", "0.01", "--seed", "1", "--skip-output").code == 0
+    assert (
+        run_cli(media.clip, media.bundle, low, *PER_FRAME, "--threshold", "0.01", "--seed", "1", "--skip-output").code
+        == 0
+    )
     assert not any(f["threshold_applied"] for f in results(low)["frames"])
 
 
 def test_demo_limits_seconds_and_images(media: Media, tmp_path: Path) -> None:
     run = run_cli(
         media.clip, media.bundle, tmp_path, "--demo", "--demo-seconds", "1", "--demo-images", "16", "--no-repeat",
-        "--no-frames", "--quiet",
+        "--no-frames", "--quiet", *PER_FRAME,
     )  # fmt: skip
     assert run.code == 0, run.stderr
     ids = image_ids(tmp_path)
@@ -202,11 +215,13 @@ def test_mismatch_warnings_print_once(media: Media, tmp_path: Path) -> None:
 
 def test_changed_options_win_and_earlier_matches_come_back(media: Media, tmp_path: Path) -> None:
     """Trying settings: new match options match again (one line says so), the old matches are kept and return."""
-    assert run_cli(media.clip, media.bundle, tmp_path, "--seed", "1", "--skip-output", "--quiet").code == 0
+    assert run_cli(media.clip, media.bundle, tmp_path, *PER_FRAME, "--seed", "1", "--skip-output", "--quiet").code == 0
     checkpoint = (tmp_path / CHECKPOINT_NAME).read_bytes()
     matched = picks(tmp_path)
 
-    changed = run_cli(media.clip, media.bundle, tmp_path, "--seed", "2", "--search-depth", "4", "--skip-output")
+    changed = run_cli(
+        media.clip, media.bundle, tmp_path, *PER_FRAME, "--seed", "2", "--search-depth", "4", "--skip-output"
+    )
     assert changed.code == 0, changed.stderr
     warnings = [line for line in changed.stderr.splitlines() if line.startswith("ff-render: warning:")]
     assert len(warnings) == 1 and "seed 1 -> 2" in warnings[0] and "search_depth 10 -> 4" in warnings[0]
@@ -215,7 +230,7 @@ def test_changed_options_win_and_earlier_matches_come_back(media: Media, tmp_pat
     assert results(tmp_path)["seed"] == 2 and "60 from checkpoint" not in changed.stdout
 
     # Back to the first options: their matches come back, nothing is matched again.
-    back = run_cli(media.clip, media.bundle, tmp_path, "--seed", "1", "--crf", "30", "--no-frames")
+    back = run_cli(media.clip, media.bundle, tmp_path, *PER_FRAME, "--seed", "1", "--crf", "30", "--no-frames")
     assert back.code == 0, back.stderr
     assert "resuming the 60 frames kept for these options" in back.stderr
     assert "60 from checkpoint" in back.stdout
@@ -224,16 +239,18 @@ def test_changed_options_win_and_earlier_matches_come_back(media: Media, tmp_pat
     assert describe_video(tmp_path / "clip_matched.mp4").frames == 60
 
     # Output options only: no matching, no warning, same choices.
-    rerender = run_cli(media.clip, media.bundle, tmp_path, "--seed", "1", "--crf", "28", "--skip-output")
+    rerender = run_cli(media.clip, media.bundle, tmp_path, *PER_FRAME, "--seed", "1", "--crf", "28", "--skip-output")
     assert rerender.code == 0 and "warning" not in rerender.stderr and "60 from checkpoint" in rerender.stdout
     assert picks(tmp_path) == matched
 
     # Dropping --seed after a seeded run resumes with the seed in the checkpoint.
-    unseeded = run_cli(media.clip, media.bundle, tmp_path, "--skip-output")
+    unseeded = run_cli(media.clip, media.bundle, tmp_path, *PER_FRAME, "--skip-output")
     assert unseeded.code == 0 and "warning" not in unseeded.stderr and "60 from checkpoint" in unseeded.stdout
     assert results(tmp_path)["seed"] == 1
 
-    restarted = run_cli(media.clip, media.bundle, tmp_path, "--seed", "1", "--restart", "--skip-output", "--quiet")
+    restarted = run_cli(
+        media.clip, media.bundle, tmp_path, *PER_FRAME, "--seed", "1", "--restart", "--skip-output", "--quiet"
+    )
     assert restarted.code == 0, restarted.stderr
     assert picks(tmp_path) == matched  # matched again from scratch: the same picks
 
@@ -260,7 +277,7 @@ def test_ivf_bundle_no_repeat_and_nprobe(media: Media, tmp_path: Path) -> None:
     """IVF search with used ids excluded runs its lists dry (4 lists, nprobe 1): widening, then exact."""
     bundle = build_small_bundle(media.pool, tmp_path / "ivf", index_kind="ivf", nlist=4)
     # A child process: a crash inside FAISS fails this test instead of killing the test run.
-    args = [media.clip, bundle, tmp_path / "out", "--no-repeat", "--nprobe", "1", "--fps-override", "11"]
+    args = [media.clip, bundle, tmp_path / "out", "--no-repeat", "--nprobe", "1", "--fps-override", "11", *PER_FRAME]
     run = subprocess.run([str(FF_RENDER), *map(str, args), "--skip-output"], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, (run.returncode, run.stderr)
     summary = run.stdout.strip().splitlines()[-1]
@@ -276,6 +293,7 @@ def test_ivf_no_repeat_resumed_mid_batch_equals_uninterrupted(media: Media, tmp_
 
     bundle = build_small_bundle(media.pool, tmp_path / "ivf", index_kind="ivf", nlist=4)
     settings: dict[str, object] = {"no_repeat": True, "nprobe": 1, "search_depth": 2, "fps_override": 11.0}
+    settings.update(coherence="off")
     settings.update(match_batch=16, checkpoint_batch=1, skip_output=True)
     options = RenderOptions(**settings)  # type: ignore[arg-type]
     reference = render(media.clip, bundle, tmp_path / "reference", options)
@@ -297,14 +315,18 @@ def test_moved_pool_needs_pool_root(media: Media, tmp_path: Path) -> None:
     shutil.copytree(media.pool, pool)
     bundle = build_small_bundle(pool, tmp_path / "bundle")
     moved = pool.rename(tmp_path / "moved")
-    run = run_cli(media.clip, bundle, tmp_path / "out", "--seed", "1", "--no-frames", "--quiet")
+    run = run_cli(media.clip, bundle, tmp_path / "out", *PER_FRAME, "--seed", "1", "--no-frames", "--quiet")
     assert_one_line_error(run, EXIT_INPUT, "--pool-root")
-    again = run_cli(media.clip, bundle, tmp_path / "out", "--seed", "1", "--no-frames", "--pool-root", moved)
+    again = run_cli(
+        media.clip, bundle, tmp_path / "out", *PER_FRAME, "--seed", "1", "--no-frames", "--pool-root", moved
+    )
     assert again.code == 0, again.stderr
     assert describe_video(tmp_path / "out" / "clip_matched.mp4").frames == 60
     # One matched picture vanishes: its frames show grey, the render goes on and says so once.
     (moved / results(tmp_path / "out")["frames"][0]["path"]).unlink()
-    grey = run_cli(media.clip, bundle, tmp_path / "out", "--seed", "1", "--no-frames", "--pool-root", moved, "--quiet")
+    grey = run_cli(
+        media.clip, bundle, tmp_path / "out", *PER_FRAME, "--seed", "1", "--no-frames", "--pool-root", moved, "--quiet"
+    )
     assert grey.code == 0, grey.stderr
     warnings = [line for line in grey.stderr.splitlines() if "could not be read" in line]
     assert len(warnings) == 1 and "1 matched image(s)" in warnings[0]
@@ -342,7 +364,7 @@ def test_truncated_video_renders_what_decodes(media: Media, tmp_path: Path) -> N
     cut = tmp_path / "cut.mp4"
     data = media.clip.read_bytes()
     cut.write_bytes(data[: len(data) * 55 // 100])
-    run = run_cli(cut, media.bundle, tmp_path / "out", "--seed", "1", "--no-frames", "--quiet")
+    run = run_cli(cut, media.bundle, tmp_path / "out", *PER_FRAME, "--seed", "1", "--no-frames", "--quiet")
     assert run.code == 0, run.stderr
     warnings = [line for line in run.stderr.splitlines() if "ends early" in line]
     assert len(warnings) == 1
@@ -397,7 +419,7 @@ def test_second_render_into_same_out_refuses_then_takes_over_a_dead_lock(media: 
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert (out / LOCK_NAME).exists(), "kill -9 leaves the lock file behind"
-    taken = run_cli(media.clip, media.bundle, out, "--skip-output", "--quiet", "--seed", "1")
+    taken = run_cli(media.clip, media.bundle, out, "--skip-output", "--quiet", *PER_FRAME, "--seed", "1")
     assert taken.code == 0, taken.stderr
     assert not (out / LOCK_NAME).exists()
 
@@ -436,8 +458,8 @@ def _kill_when(process: subprocess.Popen[bytes], ready: Callable[[], bool], time
 @pytest.mark.parametrize(
     ("options", "kill_after_lines"),
     [
-        ({"seed": 4, "threshold": 0.72, "search_depth": 5}, 3),
-        ({"no_repeat": True, "fps_override": 11.0}, 6),
+        ({"seed": 4, "threshold": 0.72, "search_depth": 5, "coherence": "off"}, 3),
+        ({"no_repeat": True, "fps_override": 11.0, "coherence": "off"}, 6),
         ({"coherence": "hold", "hold_margin": 0.01, "max_uses": 2, "min_reuse_gap": 4}, 6),
         ({"coherence": "smooth", "switch_cost": 0.01, "max_uses": 2, "min_reuse_gap": 4, "match_batch": 4}, 2),
     ],
@@ -469,7 +491,7 @@ def test_kill_9_while_matching_then_resume_equals_uninterrupted(
 
 def test_kill_9_while_encoding_then_rerun_finishes_cleanly(media: Media, full_render: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    args = [str(media.clip), str(media.bundle), str(out), "--seed", "3"]
+    args = [str(media.clip), str(media.bundle), str(out), *PER_FRAME, "--seed", "3"]
     args += ["--save-samples", "3", "--sample-interval", "20"]
     child = subprocess.Popen([str(FF_RENDER), *args, "--quiet"], cwd=REPO)
     partial = out / ".clip_matched.partial.mp4"
@@ -493,7 +515,17 @@ def test_kill_9_while_encoding_then_rerun_finishes_cleanly(media: Media, full_re
 
 def test_ctrl_c_keeps_progress_and_debug_shows_traceback(media: Media, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    args = [str(media.clip), str(media.bundle), str(out), "--seed", "2", "--checkpoint-batch", "1", "--quiet"]
+    args = [
+        str(media.clip),
+        str(media.bundle),
+        str(out),
+        *PER_FRAME,
+        "--seed",
+        "2",
+        "--checkpoint-batch",
+        "1",
+        "--quiet",
+    ]
     child = subprocess.Popen([str(FF_RENDER), *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
     checkpoint = out / CHECKPOINT_NAME
     deadline = time.monotonic() + 60
@@ -516,7 +548,7 @@ def test_ctrl_c_keeps_progress_and_debug_shows_traceback(media: Media, tmp_path:
 
 
 def test_two_renders_share_one_bundle_side_by_side(media: Media, tmp_path: Path) -> None:
-    args = ["--seed", "5", "--skip-output", "--quiet"]
+    args = [*PER_FRAME, "--seed", "5", "--skip-output", "--quiet"]
     children = [
         subprocess.Popen([str(FF_RENDER), str(media.clip), str(media.bundle), str(tmp_path / name), *args], cwd=REPO)
         for name in ("a", "b")
