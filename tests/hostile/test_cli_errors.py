@@ -152,7 +152,7 @@ def test_expected_errors_exit_with_their_code_and_no_traceback(places: dict[str,
     cases: list[tuple[str, list[str | os.PathLike[str]], int, str]] = [
         ("ff-index", ["build", tmp_path / "missing", tmp_path / "b"], errors.EXIT_INPUT, "does not exist"),
         ("ff-index", ["build", file, tmp_path / "b"], errors.EXIT_INPUT, "not a folder"),
-        ("ff-index", ["build", tmp_path / "empty", tmp_path / "b"], errors.EXIT_USAGE, "no image files"),
+        ("ff-index", ["build", tmp_path / "empty", tmp_path / "b"], errors.EXIT_INPUT, "no image files"),
         ("ff-index", ["build", pool, file], errors.EXIT_USAGE, "not a folder"),
         ("ff-index", ["build", pool, tmp_path / "b", "--jobs", "0"], errors.EXIT_USAGE, "--jobs"),
         (
