@@ -22,6 +22,8 @@ from shared.spec import ALL_METHODS, FeatureSpec, parse_aspect
 
 PROG = "ff-index"
 REJECTED_SHOWN = 20
+# The same words in ff-render: --quiet means the same in both tools.
+QUIET_HELP = "No progress output. Warnings (files not used, folders skipped) and errors still go to stderr."
 
 debug_option = click.option("--debug", is_flag=True, help="Show the Python traceback of an error.")
 
@@ -39,12 +41,18 @@ class _OneLineErrors(click.Group):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
+        argv = list(kwargs.get("args") or (args[0] if args else None) or sys.argv[1:])
         try:
             code = super().main(*args, **kwargs)
         except click.ClickException as exc:
             if isinstance(exc, _NO_ARGS_IS_HELP):
                 exc.show()  # bare `ff-index`: the help text, as click gives it
                 sys.exit(exc.exit_code)
+            if isinstance(exc, click.UsageError) and exc.ctx is not None and argv == [exc.ctx.info_name]:
+                # A bare `ff-index build`: how to call it, and where the rest is explained.
+                click.echo(exc.ctx.get_usage(), err=True)
+                click.echo(f"Try '{exc.ctx.command_path} --help' for the options and examples.", err=True)
+                sys.exit(EXIT_USAGE)
             message = " ".join(exc.format_message().split())
             click.echo(f"{PROG}: error: {message}", err=True)
             sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
@@ -144,7 +152,12 @@ def main() -> None:
 @click.option(
     "--update", is_flag=True, help="Update the existing BUNDLE: extract only new and changed files, drop deleted ones."
 )
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Replace a BUNDLE built with other feature options (refused without it: its renders would no longer match).",
+)
+@click.option("--quiet", is_flag=True, help=QUIET_HELP)
 @debug_option
 def build(
     pool: Path,
@@ -167,6 +180,7 @@ def build(
     backend: str,
     scheduler: str | None,
     update: bool,
+    replace: bool,
     quiet: bool,
     debug: bool,
 ) -> None:
@@ -205,6 +219,7 @@ def build(
             backend=backend,
             max_pixels=max_pixels,
             progress=not quiet,
+            replace=replace,
         )
         if scheduler is not None and backend != "dask":
             raise UsageError("--scheduler needs --backend dask")
@@ -233,6 +248,11 @@ def _backend(backend: str, scheduler: str | None, jobs: int) -> contextlib.Abstr
 
 def _print_build_summary(result: BuildResult) -> None:
     m = result.manifest
+    skipped = result.skipped_folders
+    if skipped:
+        names = ", ".join(f"{f.path} ({f.kind})" for f in skipped[:REJECTED_SHOWN])
+        more = f" and {len(skipped) - REJECTED_SHOWN} more" if len(skipped) > REJECTED_SHOWN else ""
+        click.echo(f"skipped FluxFrame's own folders inside the pool: {names}{more}", err=True)
     if result.up_to_date:
         click.echo(
             f"{result.bundle}: up to date ({m.count} images, {m.spec.method}, bundle {m.bundle_id[:12]}); nothing to do"
@@ -244,8 +264,9 @@ def _print_build_summary(result: BuildResult) -> None:
         click.echo(f"... and {len(result.rejected) - REJECTED_SHOWN} more (all listed in rejected.parquet)", err=True)
     rate = result.indexed / result.seconds if result.seconds > 0 else 0.0
     resumed = f", resumed {result.resumed_shards} finished shards" if result.resumed_shards else ""
+    skipped_text = f", skipped {len(skipped)} FluxFrame folder{'s' if len(skipped) != 1 else ''}" if skipped else ""
     click.echo(
-        f"indexed {result.indexed} images, rejected {len(result.rejected)}, {m.dim}-d {m.spec.method}, "
+        f"indexed {result.indexed} images, rejected {len(result.rejected)}{skipped_text}, {m.dim}-d {m.spec.method}, "
         f"{m.index.kind} index, in {result.seconds:.1f} s ({rate:.0f} img/s){resumed} -> {result.bundle} "
         f"(bundle {m.bundle_id[:12]})"
     )
@@ -326,7 +347,7 @@ def _dims_text(method: str) -> str:
     "--index", "index_kind", type=click.Choice(["flat", "ivf"]), default="flat", help="Index of the merged bundle."
 )
 @click.option("--ivf-nlist", type=click.IntRange(min=1), default=None, help="IVF lists [default: auto].")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True, help=QUIET_HELP)
 @debug_option
 def merge(bundles: tuple[Path, ...], index_kind: str, ivf_nlist: int | None, quiet: bool, debug: bool) -> None:
     """Merge bundles built with the same options over disjoint pools: ff-index merge A B [C ...] OUT.
