@@ -88,6 +88,7 @@ def reference(big_pool: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_kill_9_during_build_then_resume_gives_identical_bundle(
     big_pool: Path, reference: Path, tmp_path: Path
 ) -> None:

@@ -213,6 +213,7 @@ def test_limit_never_returns_ids_beyond_it(pool: Pool, limit: int, nprobe: int) 
 # -- memory-mapped opens ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_opening_a_large_bundle_maps_its_vectors_and_lists(
     real: tuple[NDArray[np.float32], tuple[Block, ...]], tmp_path: Path
 ) -> None:

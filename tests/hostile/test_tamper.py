@@ -212,6 +212,7 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> RenderMedia:
     return make_render_media(tmp_path_factory.mktemp("tamper-render"))
 
 
+@pytest.mark.slow
 def test_ff_render_refuses_a_tampered_bundle_unless_told_not_to_verify(media: RenderMedia, tmp_path: Path) -> None:
     copies = []
     for name in bundle_files(media.bundle):
