@@ -39,7 +39,7 @@ from fluxframe_index.build import (
     staging_dir,
 )
 from fluxframe_index.extract import ChunkStats, shard_paths
-from fluxframe_index.scan import PoolEntry, ScanRejection, ScanResult, scan_pool
+from fluxframe_index.scan import PoolEntry, ScanRejection, ScanResult, describe_unusable, scan_pool
 from shared.bundle import display_path, open_bundle
 from shared.cli_support import progress_bar
 from shared.errors import InputError, UsageError
@@ -178,7 +178,9 @@ def _update_bundle(
     order = [e.path for e in scan.entries if e.path in keep or e.path in fresh]
     count = len(order)
     if count == 0:
-        raise InputError(f"{pool}: no usable images left after the update")
+        discard_staging(stage)  # a refused update leaves nothing behind; the bundle stays as it was
+        detail = f"; {describe_unusable(rejected)}" if rejected else ""
+        raise InputError(f"{pool}: no usable images left after the update{detail}")
     full_old = old.read_images_table()
     # A kept file that was only touched gets its current mtime, as a full rebuild would record
     # (and the next update then need not hash it again).

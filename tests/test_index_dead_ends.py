@@ -86,6 +86,23 @@ def test_an_empty_pool_exits_3_as_the_readme_says(tmp_path: Path) -> None:
     assert f"| {EXIT_INPUT} | bad input:" in readme and "no images in the pool" in readme
 
 
+def test_an_update_that_leaves_nothing_usable_names_the_files_and_keeps_the_bundle(
+    small_pool: Path, tmp_path: Path
+) -> None:
+    pool = copy_tree(small_pool, tmp_path / "pool")
+    bundle = tmp_path / "bundle"
+    assert ff_index("build", pool, bundle, *FAST_INDEX_ARGS).exit_code == 0
+    before = tree(tmp_path / "bundle")
+    for picture in pool.rglob("*.jpg"):
+        picture.write_text("overwritten by a sync tool\n")  # same names, no pictures any more
+    result = ff_index("build", pool, bundle, *FAST_INDEX_ARGS, "--update")
+    assert result.exit_code == EXIT_INPUT
+    line = the_error(result)
+    assert "no usable images left after the update; 12 files not used: d0/img-00000.jpg (not_an_image)" in line
+    assert tree(tmp_path / "bundle") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "pool"]  # no .bundle.partial/
+
+
 # --- FluxFrame's own folders inside a pool --------------------------------------------------------------
 
 
