@@ -30,12 +30,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fluxframe_render.reuse import ReuseLedger, ReuseRules
 from shared.errors import StateError, UsageError
 from shared.search import UsedSet
 
 HELD = "held"
 FIRST_BELOW_THRESHOLD = "first_below_threshold"
 FALLBACKS = (None, HELD, FIRST_BELOW_THRESHOLD)
+SCENE_ENDS = (None, "cut", "chunk")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,14 @@ class Choice:
     threshold_applied: bool  # the best (or assigned) candidate scored below the threshold
     fallback: str | None  # one of FALLBACKS
     greedy_score: float | None = None  # --assign global: what greedy no-repeat would have scored here
+    # The last frame of a unit of choices committed together (a smoothed segment, an assigned
+    # window): "cut" (a new scene follows) or "chunk". A resumed run starts after such a frame.
+    scene_end: str | None = None
+    cut: bool = False  # a scene starts at this frame (scenes.py): colour smoothing restarts here
+
+    @property
+    def unit_end(self) -> bool:
+        return self.scene_end is not None
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -72,6 +82,10 @@ class Choice:
         }
         if self.greedy_score is not None:
             data["greedy_score"] = self.greedy_score
+        if self.scene_end is not None:
+            data["scene_end"] = self.scene_end
+        if self.cut:
+            data["cut"] = True
         return data
 
     @classmethod
@@ -79,6 +93,8 @@ class Choice:
         fallback = data["fallback"]
         if fallback not in FALLBACKS:
             raise ValueError(f"unknown fallback {fallback!r}")
+        if data.get("scene_end") not in SCENE_ENDS:
+            raise ValueError(f"unknown scene end {data.get('scene_end')!r}")
         greedy = data.get("greedy_score")
         return cls(
             index=int(data["index"]),
@@ -89,6 +105,8 @@ class Choice:
             threshold_applied=bool(data["threshold_applied"]),
             fallback=fallback,
             greedy_score=None if greedy is None else float(greedy),
+            scene_end=data.get("scene_end"),
+            cut=bool(data.get("cut", False)),
         )
 
 
@@ -98,6 +116,16 @@ class SelectionPolicy:
     search_depth: int
     threshold: float
     seed: int
+    max_uses: int = 0  # 0: no limit; no_repeat means 1
+    min_gap: int = 0  # frames before a shown image may come back
+
+    @property
+    def uses_limit(self) -> int:
+        return 1 if self.no_repeat else self.max_uses
+
+    @property
+    def rules(self) -> ReuseRules:
+        return ReuseRules(max_uses=self.uses_limit or None, min_gap=self.min_gap)
 
     def __post_init__(self) -> None:
         if self.search_depth < 1:
@@ -112,19 +140,23 @@ Candidates = tuple[NDArray[np.float32], NDArray[np.int64]]
 
 
 class Selector:
-    """Stateful chooser: remembers used ids (no-repeat) and the previous frame's image (threshold)."""
+    """Stateful chooser: remembers reuse (no-repeat, --max-uses, --min-reuse-gap) and the previous frame's image."""
 
     def __init__(self, policy: SelectionPolicy, pool_size: int, history: list[Choice] | None = None) -> None:
         self.policy = policy
-        self.used = UsedSet(pool_size) if policy.no_repeat else None
+        self.ledger = ReuseLedger(policy.rules, pool_size)
         self.previous: Choice | None = None
         for choice in history or []:
             self.record(choice)
 
+    @property
+    def used(self) -> UsedSet | None:
+        """The ids a search must leave out now (None when no reuse rule is in force)."""
+        return None if self.policy.rules.unlimited else self.ledger.blocked
+
     def record(self, choice: Choice) -> None:
         """Account for a choice made earlier (checkpoint replay) or just now."""
-        if self.used is not None:
-            self.used.add(choice.image_id)
+        self.ledger.record(choice.image_id)
         self.previous = choice
 
     def choose(
@@ -138,21 +170,15 @@ class Selector:
         """Pick for ``frame`` from its ranked candidates (best first, id -1 = none).
 
         ``score_of(id)`` scores any image against this frame (for a held image);
-        ``research()`` searches this frame alone with the current used ids excluded.
+        ``research()`` searches this frame alone with the current blocked ids excluded.
         """
-        valid = ids >= 0
-        if self.used is not None:
-            valid &= ~self.used.bits[np.where(valid, ids, 0)]
-            if not valid.any():
+        valid = self._valid(ids)
+        if not valid.any():
+            if self.used is not None:
                 scores, ids = research()
-                valid = (ids >= 0) & ~self.used.bits[np.where(ids >= 0, ids, 0)]
-                if not valid.any():
-                    raise StateError(
-                        f"--no-repeat ran out of images at output frame {frame.index}: all "
-                        f"{self.used.count} usable images are taken"
-                    )
-        elif not valid.any():
-            raise StateError(f"no candidate image for output frame {frame.index}: the pool is empty")
+                valid = self._valid(ids)
+            if not valid.any():
+                raise StateError(self._exhausted(frame))
         positions = np.flatnonzero(valid)
         best = int(positions[0])
         best_score = float(scores[best])
@@ -171,6 +197,27 @@ class Selector:
             choice = Choice(frame.index, frame.source_index, frame.time, image_id, score, False, None)
         self.record(choice)
         return choice
+
+    def _valid(self, ids: NDArray[np.int64]) -> NDArray[np.bool_]:
+        valid = ids >= 0
+        if self.used is not None:
+            safe = np.where(valid, ids, 0)
+            # Per-frame picks never continue a blocked image: with --no-repeat every frame shows a new one.
+            valid &= ~self.used.bits[safe]
+        return valid
+
+    def _exhausted(self, frame: FrameRef) -> str:
+        if self.used is None:
+            return f"no candidate image for output frame {frame.index}: the pool is empty"
+        if self.policy.uses_limit == 1:
+            return (
+                f"--no-repeat ran out of images at output frame {frame.index}: all {self.used.count} usable images "
+                "are taken"
+            )
+        return (
+            f"the reuse rules left no image for output frame {frame.index} ({self.used.count} images blocked); "
+            "raise --max-uses or lower --min-reuse-gap"
+        )
 
     def assigned(
         self,

@@ -6,6 +6,7 @@ through a real child process. The pool is 48 JPEGs, the clip 60 frames at 320x18
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from tests.render_support import (
     Media,
     assert_one_line_error,
     build_small_bundle,
+    choices_record,
     image_ids,
     make_media,
     results,
@@ -77,7 +79,18 @@ def test_output_video_frames_audio_and_files(media: Media, full_render: Path) ->
     assert data["counts"]["frames"] == media.frames and data["seed"] == 3
     assert data["output"]["video"] == "clip_matched.mp4" and data["output"]["audio"] in ("copy", "aac")
     first = data["frames"][0]
-    assert set(first) == {"index", "source_index", "time", "image_id", "path", "score", "threshold_applied", "fallback"}
+    assert set(first) == {
+        "index",
+        "source_index",
+        "time",
+        "image_id",
+        "path",
+        "score",
+        "threshold_applied",
+        "fallback",
+        "cut",
+    }
+    assert first["cut"], "a scene starts at frame 0"
     assert [f["index"] for f in data["frames"]] == list(range(media.frames))
     assert all((media.pool / f["path"]).is_file() for f in data["frames"])
     assert (out / CHECKPOINT_NAME).is_file()
@@ -179,32 +192,42 @@ def test_mismatch_warnings_print_once(media: Media, tmp_path: Path) -> None:
     assert results(tmp_path / "out")["output"]["fps"] == pytest.approx(CLIP_FPS)
 
 
-def test_match_options_guard_and_output_only_rerender(media: Media, tmp_path: Path) -> None:
+def test_changed_options_win_and_earlier_matches_come_back(media: Media, tmp_path: Path) -> None:
+    """Trying settings: new match options match again (one line says so), the old matches are kept and return."""
     assert run_cli(media.clip, media.bundle, tmp_path, "--seed", "1", "--skip-output", "--quiet").code == 0
     checkpoint = (tmp_path / CHECKPOINT_NAME).read_bytes()
     matched = results(tmp_path)["frames"]
 
-    refused = run_cli(media.clip, media.bundle, tmp_path, "--seed", "2", "--search-depth", "4", "--quiet")
-    assert_one_line_error(refused, EXIT_STATE, "seed 1 -> 2", "search_depth 10 -> 4", "--restart")
-    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == checkpoint
+    changed = run_cli(media.clip, media.bundle, tmp_path, "--seed", "2", "--search-depth", "4", "--skip-output")
+    assert changed.code == 0, changed.stderr
+    warnings = [line for line in changed.stderr.splitlines() if line.startswith("ff-render: warning:")]
+    assert len(warnings) == 1 and "seed 1 -> 2" in warnings[0] and "search_depth 10 -> 4" in warnings[0]
+    assert "k 10" not in warnings[0], "internal values are not named"
+    assert "60 frames matched before are kept" in warnings[0]
+    assert results(tmp_path)["seed"] == 2 and "60 from checkpoint" not in changed.stdout
 
-    # Output options only: no matching (the checkpoint is untouched), same choices, now with a video.
-    rerender = run_cli(media.clip, media.bundle, tmp_path, "--seed", "1", "--crf", "30", "--no-frames")
-    assert rerender.code == 0, rerender.stderr
-    assert "matching" not in rerender.stderr
-    assert "60 from checkpoint" in rerender.stdout
-    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == checkpoint
+    # Back to the first options: their matches come back, nothing is matched again.
+    back = run_cli(media.clip, media.bundle, tmp_path, "--seed", "1", "--crf", "30", "--no-frames")
+    assert back.code == 0, back.stderr
+    assert "resuming the 60 frames kept for these options" in back.stderr
+    assert "60 from checkpoint" in back.stdout
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes().startswith(checkpoint)
     assert results(tmp_path)["frames"] == matched
     assert describe_video(tmp_path / "clip_matched.mp4").frames == 60
 
-    restarted = run_cli(media.clip, media.bundle, tmp_path, "--seed", "2", "--restart", "--skip-output", "--quiet")
-    assert restarted.code == 0, restarted.stderr
-    assert results(tmp_path)["seed"] == 2 and (tmp_path / CHECKPOINT_NAME).read_bytes() != checkpoint
+    # Output options only: no matching, no warning, same choices.
+    rerender = run_cli(media.clip, media.bundle, tmp_path, "--seed", "1", "--crf", "28", "--skip-output")
+    assert rerender.code == 0 and "warning" not in rerender.stderr and "60 from checkpoint" in rerender.stdout
+    assert results(tmp_path)["frames"] == matched
 
-    changed = run_cli(media.clip, media.bundle, tmp_path, "--seed", "3", "--restart-if-changed", "--skip-output")
-    assert changed.code == 0 and "warning: starting over" in changed.stderr and "seed 2 -> 3" in changed.stderr
-    same = run_cli(media.clip, media.bundle, tmp_path, "--seed", "3", "--restart-if-changed", "--skip-output")
-    assert same.code == 0 and "60 from checkpoint" in same.stdout and "starting over" not in same.stderr
+    # Dropping --seed after a seeded run resumes with the seed in the checkpoint.
+    unseeded = run_cli(media.clip, media.bundle, tmp_path, "--skip-output")
+    assert unseeded.code == 0 and "warning" not in unseeded.stderr and "60 from checkpoint" in unseeded.stdout
+    assert results(tmp_path)["seed"] == 1
+
+    restarted = run_cli(media.clip, media.bundle, tmp_path, "--seed", "1", "--restart", "--skip-output", "--quiet")
+    assert restarted.code == 0, restarted.stderr
+    assert results(tmp_path)["frames"] == matched  # matched again from scratch: the same picks
 
 
 def test_copy_detection_recall_through_ff_render(media: Media, tmp_path: Path) -> None:
@@ -258,7 +281,7 @@ def test_ivf_no_repeat_resumed_mid_batch_equals_uninterrupted(media: Media, tmp_
     (out / CHECKPOINT_NAME).write_text("".join(lines[: 1 + 36]))  # header + 36 frames: inside the last batch
     resumed = render(media.clip, bundle, out, options)
     assert resumed.resumed_frames == 36
-    assert (out / "results.json").read_bytes() == (tmp_path / "reference" / "results.json").read_bytes()
+    assert choices_record(out) == choices_record(tmp_path / "reference")
 
 
 def test_moved_pool_needs_pool_root(media: Media, tmp_path: Path) -> None:
@@ -407,15 +430,17 @@ def _kill_when(process: subprocess.Popen[bytes], ready: Callable[[], bool], time
     [
         ({"seed": 4, "threshold": 0.72, "search_depth": 5}, 3),
         ({"no_repeat": True, "fps_override": 11.0}, 6),
+        ({"coherence": "hold", "hold_margin": 0.01, "max_uses": 2, "min_reuse_gap": 4}, 6),
+        ({"coherence": "smooth", "switch_cost": 0.01, "max_uses": 2, "min_reuse_gap": 4, "match_batch": 4}, 2),
     ],
-    ids=["random-threshold", "no-repeat"],
+    ids=["random-threshold", "no-repeat", "hold-reuse", "smooth-reuse"],
 )
 def test_kill_9_while_matching_then_resume_equals_uninterrupted(
     media: Media, tmp_path: Path, options: dict[str, object], kill_after_lines: int
 ) -> None:
     from fluxframe_render.render import RenderOptions, render
 
-    options = {**options, "match_batch": 8, "checkpoint_batch": 2, "skip_output": True}
+    options = {"match_batch": 8, **options, "checkpoint_batch": 2, "skip_output": True}
     reference = tmp_path / "reference"
     render(media.clip, media.bundle, reference, RenderOptions(**options))  # type: ignore[arg-type]
 
@@ -431,7 +456,7 @@ def test_kill_9_while_matching_then_resume_equals_uninterrupted(
     assert '"type":"end"' not in "".join(lines), "killed while still matching"
     resumed = render(media.clip, media.bundle, out, RenderOptions(**options))  # type: ignore[arg-type]
     assert resumed.resumed_frames >= 2 * kill_after_lines
-    assert (out / "results.json").read_bytes() == (reference / "results.json").read_bytes()
+    assert choices_record(out) == choices_record(reference)
 
 
 def test_kill_9_while_encoding_then_rerun_finishes_cleanly(media: Media, full_render: Path, tmp_path: Path) -> None:
@@ -490,3 +515,30 @@ def test_two_renders_share_one_bundle_side_by_side(media: Media, tmp_path: Path)
     ]
     assert [child.wait(timeout=120) for child in children] == [0, 0]
     assert results(tmp_path / "a")["frames"] == results(tmp_path / "b")["frames"]
+
+
+@pytest.mark.parametrize("coherence", ["off", "hold", "smooth"])
+def test_reuse_rules_hold_in_every_coherence_mode(media: Media, tmp_path: Path, coherence: str) -> None:
+    """60 frames from 48 images with at most 2 uses each and 6 frames between: zero violations, each mode."""
+    from fluxframe_render.reuse import ReuseRules, violations
+
+    run = run_cli(
+        media.clip,
+        media.bundle,
+        tmp_path,
+        "--coherence",
+        coherence,
+        "--max-uses",
+        "2",
+        "--min-reuse-gap",
+        "6",
+        "--skip-output",
+        "--quiet",
+    )
+    assert run.code == 0, run.stderr
+    ids = image_ids(tmp_path)
+    assert len(ids) == media.frames
+    assert violations(ReuseRules(max_uses=2, min_gap=6), ids) == []
+    runs = 1 + sum(a != b for a, b in itertools.pairwise(ids))
+    assert runs >= 4, "the rules were exercised across scenes"
+    assert results(tmp_path)["match_options"]["coherence"] == coherence
