@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from fluxframe_index.build import BuildOptions, BuildResult, build_bundle
+from fluxframe_index.build import BuildResult, build_bundle
+from fluxframe_index.options import EXAMPLES, QUIET_HELP, BuildCommandLine
 from shared import __version__
 from shared.bundle import Bundle, open_bundle, verify_bundle
 from shared.cli_support import report_errors
 from shared.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 from shared.features.base import all_methods
-from shared.images import DEFAULT_MAX_PIXELS
-from shared.spec import ALL_METHODS, FeatureSpec, parse_aspect
+from shared.options import GroupedCommand, click_options, from_click
+from shared.spec import FeatureSpec
 
 PROG = "ff-index"
 REJECTED_SHOWN = 20
-# The same words in ff-render: --quiet means the same in both tools.
-QUIET_HELP = "No progress output. Warnings (files not used, folders skipped) and errors still go to stderr."
 
 debug_option = click.option("--debug", is_flag=True, help="Show the Python traceback of an error.")
 
@@ -74,157 +72,37 @@ def main() -> None:
     """
 
 
-@main.command()
+@main.command(
+    cls=GroupedCommand,
+    prog=f"{PROG} build",
+    examples=EXAMPLES,
+    context_settings={"max_content_width": 110},
+)
 @click.argument("pool", type=click.Path(path_type=Path))
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option(
-    "--method", type=click.Choice(ALL_METHODS), default="canny", help="Feature method (see `ff-index methods`)."
-)
-@click.option(
-    "--comparison-size",
-    type=click.IntRange(32, 2048),
-    default=256,
-    help="Long side in pixels that images and frames are compared at.",
-)
-@click.option(
-    "--spatial-grid",
-    type=click.Choice(["2", "3"]),
-    default="2",
-    help="Grid for spatial_pyramid and the neural methods (2 = 2x2, 3 = 3x3).",
-)
-@click.option("--aspect", default="16:9", help="Aspect W:H images are centre-cropped to; match your videos.")
-@click.option("--pooling", type=click.Choice(["avg", "gem"]), default="avg", help="Neural methods: grid-cell pooling.")
-@click.option("--gem-p", type=float, default=3.0, help="Neural methods: GeM power (1 = average, higher -> max).")
-@click.option(
-    "--onnx-model",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Neural methods: an ONNX file to use instead of the exported one.",
-)
-@click.option(
-    "--cache-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Model cache folder [default: $FLUXFRAME_CACHE or ~/.cache/fluxframe].",
-)
-@click.option("--seed", "projection_seed", type=int, default=0, help="spatial_color: seed of the random projection.")
-@click.option(
-    "--jobs", type=click.IntRange(1, 256), default=os.cpu_count() or 1, help="Worker processes extracting features."
-)
-@click.option(
-    "--chunk-size",
-    type=click.IntRange(1, 100_000),
-    default=256,
-    help="Images per worker task and per shard (resume granularity).",
-)
-@click.option(
-    "--limit", type=click.IntRange(min=1), default=None, help="Index only the first N images (sorted by path)."
-)
-@click.option(
-    "--index",
-    "index_kind",
-    type=click.Choice(["flat", "ivf"]),
-    default="flat",
-    help="flat: exact search over mmapped vectors; ivf: FAISS IVF index for big pools.",
-)
-@click.option(
-    "--ivf-nlist",
-    type=click.IntRange(min=1),
-    default=None,
-    help="IVF lists [default: about 4*sqrt(N), a power of two].",
-)
-@click.option(
-    "--max-pixels",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_PIXELS,
-    help="Reject images whose header declares more pixels (decompression-bomb guard).",
-)
-@click.option(
-    "--backend",
-    type=click.Choice(["loky", "dask"]),
-    default="loky",
-    help="joblib backend running the workers (dask needs the [dask] extra).",
-)
-@click.option(
-    "--scheduler",
-    default=None,
-    help="Dask scheduler address (tcp://host:8786); default: a local cluster. The build waits up to 60 s "
-    "(FLUXFRAME_DASK_WORKER_WAIT) for a worker to join.",
-)
-@click.option(
-    "--update", is_flag=True, help="Update the existing BUNDLE: extract only new and changed files, drop deleted ones."
-)
-@click.option(
-    "--replace",
-    is_flag=True,
-    help="Replace a BUNDLE built with other feature options (refused without it: its renders would no longer match).",
-)
-@click.option("--quiet", is_flag=True, help=QUIET_HELP)
+@click_options(BuildCommandLine)
 @debug_option
-def build(
-    pool: Path,
-    bundle: Path,
-    method: str,
-    comparison_size: int,
-    spatial_grid: str,
-    aspect: str,
-    pooling: str,
-    gem_p: float,
-    onnx_model: Path | None,
-    cache_dir: Path | None,
-    projection_seed: int,
-    jobs: int,
-    chunk_size: int,
-    limit: int | None,
-    index_kind: str,
-    ivf_nlist: int | None,
-    max_pixels: int,
-    backend: str,
-    scheduler: str | None,
-    update: bool,
-    replace: bool,
-    quiet: bool,
-    debug: bool,
-) -> None:
+def build(pool: Path, bundle: Path, debug: bool, **values: Any) -> None:
     """Scan POOL (recursively), extract features in parallel, write BUNDLE.
 
-    Resumable: rerun the same command after a crash and finished shards are kept.
-    Rerunning with the same options on an unchanged pool does nothing.
+    Resumable: rerun the same command after a crash or Ctrl-C and finished shards are kept.
+    Rerunning with the same options on an unchanged pool does nothing. FluxFrame's own
+    bundles and render outputs found inside POOL are skipped.
     """
     with report_errors(PROG, debug):
-        aw, ah = parse_aspect(aspect)
+        args = from_click(BuildCommandLine, values)
         model_sha = ""
-        if method in ("mobilenet", "efficientnet"):
+        if args.is_neural:
             from shared.features.neural import resolve_model
 
-            _, model_sha = resolve_model(method, onnx_model, cache_dir)
-        elif onnx_model is not None:
+            _, model_sha = resolve_model(args.method, args.onnx_model, args.cache_dir)
+        elif args.onnx_model is not None:
             raise UsageError("--onnx-model applies to the neural methods only")
-        spec = FeatureSpec(
-            method=method,
-            comparison_size=comparison_size,
-            aspect_w=aw,
-            aspect_h=ah,
-            spatial_grid=int(spatial_grid),
-            pooling=pooling,
-            gem_p=gem_p,
-            projection_seed=projection_seed,
-            model_sha256=model_sha,
-        )
-        options = BuildOptions(
-            spec=spec,
-            jobs=jobs,
-            chunk_size=chunk_size,
-            limit=limit,
-            index_kind=index_kind,
-            ivf_nlist=ivf_nlist,
-            backend=backend,
-            max_pixels=max_pixels,
-            progress=not quiet,
-            replace=replace,
-        )
-        if scheduler is not None and backend != "dask":
+        options = args.build_options(args.feature_spec(model_sha))
+        if args.scheduler is not None and args.backend != "dask":
             raise UsageError("--scheduler needs --backend dask")
-        with _backend(backend, scheduler, jobs):
-            if update:
+        with _backend(args.backend, args.scheduler, args.jobs):
+            if args.update:
                 from fluxframe_index.update import update_bundle
 
                 result, counts = update_bundle(pool, bundle, options)

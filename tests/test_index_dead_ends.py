@@ -73,7 +73,7 @@ def test_a_pool_of_unusable_files_names_each_and_leaves_nothing_behind(
     assert tree(tmp_path) == before  # no bundle, no .bundle.partial/, no lock file
 
 
-def test_an_empty_pool_exits_3_as_the_readme_says(tmp_path: Path) -> None:
+def test_an_empty_pool_exits_3_as_the_reference_says(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = ff_index("build", tmp_path / "empty", tmp_path / "bundle", *FAST_INDEX_ARGS)
     assert result.exit_code == EXIT_INPUT
@@ -82,8 +82,8 @@ def test_an_empty_pool_exits_3_as_the_readme_says(tmp_path: Path) -> None:
     line = the_error(ff_index("build", tmp_path / "empty", tmp_path / "bundle", *FAST_INDEX_ARGS))
     assert "1 file not used: clip.mp4 (not_image_extension)" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert f"| {EXIT_INPUT} | bad input:" in readme and "no images in the pool" in readme
+    reference = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()  # the exit-code table
+    assert f"| {EXIT_INPUT} | bad input:" in reference and "no images in the pool" in reference
 
 
 def test_an_update_that_leaves_nothing_usable_names_the_files_and_keeps_the_bundle(
