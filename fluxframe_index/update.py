@@ -97,7 +97,7 @@ def _update_bundle(
     if old.manifest.spec_sha256 != spec.sha256():
         raise UsageError(
             f"{bundle}: was built with other feature options ({old.spec.method}); an update keeps them — "
-            "drop --update for a full rebuild with the new options"
+            "drop --update and add --replace for a full rebuild with the new options"
         )
     scan = scan_pool(pool, limit=options.limit)
     fingerprint = scan.fingerprint()
