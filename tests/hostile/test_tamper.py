@@ -21,10 +21,12 @@ from shared.errors import EXIT_BUNDLE, BundleError, ImageDecodeError
 from shared.images import BACKGROUND_GREY
 from tests.hostile.bundles import (
     build_small_bundle,
+    change_character,
     copy_bundle,
     flip_byte,
     forge_image_paths,
     rewrite_manifest,
+    same_class_flip,
     write_small_pool,
 )
 from tests.hostile.procs import Arg, assert_clean_failure, run, run_all
@@ -82,18 +84,6 @@ def test_a_flipped_byte_in_any_data_file_is_named_by_verify_and_open(bundle: Pat
         assert_clean_failure(result, EXIT_BUNDLE, str(copy / name), "sha256 differs")
 
 
-def same_class_flip(byte: int) -> int | None:
-    """Another character of the same class (digit, lower or upper case letter), or None for any other byte.
-
-    The flipped manifest is still valid UTF-8 and, wherever the byte sits in a string or a number,
-    valid JSON: only the seal (bundle_id, a sha256) can tell it from the real one.
-    """
-    for first, last in ((ord("0"), ord("9")), (ord("a"), ord("z")), (ord("A"), ord("Z"))):
-        if first <= byte <= last:
-            return byte + 1 if byte < last else first
-    return None
-
-
 def test_every_single_character_change_of_the_manifest_is_caught_by_its_seal(bundle: Path) -> None:
     where = bundle / MANIFEST
     data = where.read_bytes()
@@ -122,10 +112,7 @@ def test_every_single_character_change_of_the_manifest_is_caught_by_its_seal(bun
     # Nearly every byte of the manifest is a hex digit, a letter or a number: all of those were tried.
     assert sealed > len(data) // 2
     copy = copy_bundle(bundle, bundle.parent / "manifest-flipped")
-    middle = next(i for i in range(len(data) // 2, len(data)) if same_class_flip(data[i]) is not None)
-    damaged = bytearray(data)
-    damaged[middle] = same_class_flip(data[middle]) or 0
-    (copy / MANIFEST).write_bytes(bytes(damaged))
+    change_character(copy / MANIFEST, len(data) // 2)
     assert_clean_failure(run("ff-index", ["verify", copy]), EXIT_BUNDLE, str(copy / MANIFEST), "tampered")
 
 
@@ -219,12 +206,15 @@ def test_ff_render_refuses_a_tampered_bundle_unless_told_not_to_verify(media: Re
         size = (media.bundle / name).stat().st_size
         for position in (size // 2, size - 1):  # inside the data; the last byte (Parquet footer magic)
             copy = copy_bundle(media.bundle, tmp_path / f"flip-{name}-{position}")
-            flip_byte(copy / name, position)
+            # The manifest is text: a changed character must be caught by its seal, not by the JSON parser.
+            (change_character if name == MANIFEST else flip_byte)(copy / name, position)
             copies.append((name, copy))
     calls: list[tuple[str, list[Arg]]]
     calls = [("ff-render", [media.clip, copy, f"{copy}-out", *RENDER_ARGS]) for _, copy in copies[::2]]
     for (name, copy), result in zip(copies[::2], run_all(calls), strict=True):
-        assert_clean_failure(result, EXIT_BUNDLE, str(copy / name), "sha256 differs" if name != MANIFEST else "")
+        assert_clean_failure(
+            result, EXIT_BUNDLE, str(copy / name), "sha256 differs" if name != MANIFEST else "tampered"
+        )
     # --no-verify skips the sha256 (sizes, headers and footers are still checked): damage is then
     # met while reading, if at all. A clean refusal or a finished render, never a traceback.
     calls = [("ff-render", [media.clip, copy, f"{copy}-nv", *RENDER_ARGS, "--no-verify"]) for _, copy in copies]
