@@ -38,9 +38,10 @@ def summary(result: RenderResult) -> str:
     if stats.get("widened_rows") or stats.get("exact_fallback_rows"):
         # Frames whose probed IVF lists held too few unused images: a higher --nprobe avoids the detour.
         wider = f", IVF widened {stats['widened_rows']} / exact {stats['exact_fallback_rows']} searches"
+    look = f"; {result.quality.line()}" if result.quality is not None else ""
     return (
         f"{PROG}: {result.frames} frames at {result.fps:g} fps{resumed}, mean score {result.mean_score:.3f}, "
-        f"{result.distinct_images} distinct images, {result.repeats} repeats{held}{assign}{wider}, "
+        f"{result.distinct_images} distinct images, {result.repeats} repeats{held}{assign}{wider}{look}, "
         f"{result.total_seconds:.1f} s -> {where}"
     )
 

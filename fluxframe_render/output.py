@@ -11,11 +11,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fluxframe_render.color_transfer import ColorTransfer
 from fluxframe_render.compose import MatchedImages
 from fluxframe_render.pipeline import Source, Stage
 from fluxframe_render.select import Choice
 from fluxframe_render.video import FrameReader
 from shared.features.base import Image
+from shared.quality import FrameQuality, QualityTracker
 
 
 @dataclass
@@ -35,10 +37,9 @@ class ChoiceFrames(Source[OutputFrame]):
 
     name = "decode"
 
-    def __init__(self, choices: Sequence[Choice], reader: FrameReader | None, cuts: set[int] | None = None) -> None:
+    def __init__(self, choices: Sequence[Choice], reader: FrameReader | None) -> None:
         self.choices = choices
         self.reader = reader
-        self.cuts = cuts or set()
 
     def items(self) -> Iterator[OutputFrame]:
         frames = iter(self.reader) if self.reader is not None else None
@@ -50,7 +51,7 @@ class ChoiceFrames(Source[OutputFrame]):
                     frames = None  # the video decodes shorter this time: no more source frames
                 else:
                     source = frame.image
-            yield OutputFrame(choice, source=source, cut=choice.index in self.cuts)
+            yield OutputFrame(choice, source=source, cut=choice.cut)
 
 
 class FullFrame(Stage[OutputFrame, OutputFrame]):
@@ -70,3 +71,38 @@ class FullFrame(Stage[OutputFrame, OutputFrame]):
 
     def close(self) -> None:
         self.images.close()
+
+
+class Colour(Stage[OutputFrame, OutputFrame]):
+    """Colour transfer toward the source frame (color_transfer.ColorTransfer; smoothing restarts at cuts)."""
+
+    name = "colour"
+
+    def __init__(self, transfer: ColorTransfer) -> None:
+        self.transfer = transfer
+
+    def process(self, item: OutputFrame) -> Iterable[OutputFrame]:
+        assert item.photo is not None
+        if item.source is not None:
+            item.image = self.transfer.apply(item.photo, item.source, cut=item.cut or item.choice.index == 0)
+        return (item,)
+
+
+class Quality(Stage[OutputFrame, OutputFrame]):
+    """The look of every output frame against its source (shared/quality.py); kept for results.json."""
+
+    name = "quality"
+    threaded = True
+
+    def __init__(self, with_photo: bool) -> None:
+        self.tracker = QualityTracker()
+        self.with_photo = with_photo  # colour transfer on: also measure how much of the photo is left
+        self.records: list[FrameQuality] = []
+
+    def process(self, item: OutputFrame) -> Iterable[OutputFrame]:
+        if item.source is not None and item.image is not None:
+            photo = item.photo if self.with_photo else None
+            record = self.tracker.add(item.source, item.image, photo, item.choice.image_id, item.choice.score)
+            self.records.append(record)
+            item.metrics = {"ssim": record.ssim, "delta_e": record.delta_e, "switched": record.switched}
+        return (item,)

@@ -37,17 +37,19 @@ from fluxframe_render.checkpoint import (
     video_identity,
 )
 from fluxframe_render.coherence import HoldParams, SmoothParams
+from fluxframe_render.color_transfer import ColorParams, ColorTransfer
 from fluxframe_render.compose import JpegWriter, MatchedImages
 from fluxframe_render.lock import OutputLock
 from fluxframe_render.match import Batch, Describe, FrameMatcher, Scenes, Search, VideoFrames, auto_match_batch
-from fluxframe_render.options import DEFAULT_WEIGHTS, RenderOptions
-from fluxframe_render.output import ChoiceFrames, FullFrame, OutputFrame
+from fluxframe_render.options import DEFAULT_WEIGHTS, RenderOptions, parse_grid
+from fluxframe_render.output import ChoiceFrames, Colour, FullFrame, OutputFrame, Quality
 from fluxframe_render.pipeline import Runner, RunTimings, Stage
 from fluxframe_render.policies import GlobalAssign, Hold, PerFrame, Policy, Smooth
+from fluxframe_render.report import ReportBuilder
 from fluxframe_render.reuse import ReuseLedger
 from fluxframe_render.scenes import CutParams
 from fluxframe_render.select import HELD, Choice, SelectionPolicy, Selector
-from fluxframe_render.sinks import FramesSink, Mp4Sink, SamplesSink
+from fluxframe_render.sinks import FramesSink, Mp4Sink, ReportSink, SamplesSink
 from fluxframe_render.video import FrameReader, VideoInfo, VideoWriter, output_schedule, probe_video
 from shared import __version__
 from shared.atomic import atomic_write_json
@@ -55,11 +57,13 @@ from shared.bundle import INDEX, Bundle, open_bundle
 from shared.cli_support import progress_bar
 from shared.errors import InputError, OutputError, UsageError
 from shared.features.base import normalize_weights
+from shared.quality import FrameQuality, QualitySummary
 from shared.search import Searcher, UsedSet, open_ivf
 
 __all__ = ["DEFAULT_WEIGHTS", "RenderOptions", "RenderResult", "render"]
 
 RESULTS_NAME = "results.json"
+REPORT_NAME = "report.html"
 FRAMES_DIR = "matched_frames"
 SAMPLES_DIR = "comparison_samples"
 RESULTS_FORMAT = 2
@@ -76,7 +80,7 @@ class RenderResult:
     frames: int
     fps: float
     distinct_images: int
-    repeats: int  # frames showing an image an earlier frame chose too (holds excluded)
+    repeats: int  # times an image comes back after others were shown (staying on screen is not a repeat)
     held: int  # frames holding the previous image because of the threshold
     threshold_applied: int
     resumed_frames: int  # choices taken from the checkpoint
@@ -94,6 +98,7 @@ class RenderResult:
     # IVF rows of this run whose probe held too few unused images: widened_rows, exact_fallback_rows.
     search_stats: dict[str, int] = field(default_factory=dict)
     timings: dict[str, RunTimings] = field(default_factory=dict)  # "match", "output": per-stage seconds
+    quality: QualitySummary | None = None  # the look against the source (None with skip_output)
 
     @property
     def output_fps(self) -> float:
@@ -348,8 +353,20 @@ def _remove_stale(folder: Path, prefix: str, keep: set[int] | None) -> None:
             path.unlink(missing_ok=True)
 
 
-def _output(run: _Render, choices: list[Choice], fps: float, root: Path) -> tuple[Path, str | None, int, RunTimings]:
-    """Phase 2: the MP4, frame JPEGs and samples from the choices; returns (mp4, audio, missing, timings)."""
+@dataclass
+class _Written:
+    """What the output phase made."""
+
+    mp4: Path
+    audio: str | None
+    missing: int
+    timings: RunTimings
+    quality: QualitySummary | None
+    frame_quality: list[FrameQuality]
+
+
+def _output(run: _Render, choices: list[Choice], fps: float, root: Path) -> _Written:
+    """Phase 2: from the choices, the MP4, frame JPEGs, samples, look metrics and report.html."""
     options, info, out = run.options, run.info, run.out
     frames_dir, samples_dir = out / FRAMES_DIR, out / SAMPLES_DIR
     samples = {i * options.sample_interval for i in range(options.save_samples)} & set(range(len(choices)))
@@ -365,17 +382,25 @@ def _output(run: _Render, choices: list[Choice], fps: float, root: Path) -> tupl
     images = MatchedImages(run.bundle, root, (info.width, info.height))
     jpegs = JpegWriter()
     names = _Names(run.bundle)
-    needs_source = bool(samples)
-    source = ChoiceFrames(choices, run.reader() if needs_source else None)
+    # Source frames are decoded again for the look metrics, colour transfer, samples and the report.
+    source = ChoiceFrames(choices, run.reader())
+    colour = ColorParams(options.color_transfer, options.color_strength, parse_grid(options.color_grid, "--color-grid"))
+    quality = Quality(with_photo=colour.mode != "off")
+    stages: list[Stage[OutputFrame, OutputFrame]] = [FullFrame(images, [c.image_id for c in choices])]
+    if colour.mode != "off":
+        stages.append(Colour(ColorTransfer(colour)))
+    stages.append(quality)
     writer = VideoWriter(
         mp4, info.width, info.height, fps, crf=options.crf, preset=options.preset, audio_from=run.video
     )
-    mp4_sink = Mp4Sink(writer)
-    stages: list[Stage[OutputFrame, OutputFrame]] = [FullFrame(images, [c.image_id for c in choices]), mp4_sink]
+    stages.append(Mp4Sink(writer))
     if options.save_frames:
         stages.append(FramesSink(frames_dir, jpegs))
     if samples:
         stages.append(SamplesSink(samples_dir, samples, jpegs, names.name))
+    report = ReportSink(ReportBuilder(f"{run.video.name} × {run.bundle.path.name}", len(choices)), names.name)
+    if options.report:
+        stages.append(report)
     bar = progress_bar(len(choices), "rendering", "frame", enabled=options.progress)
     stages.append(_Progress(bar.update))
     try:
@@ -392,7 +417,33 @@ def _output(run: _Render, choices: list[Choice], fps: float, root: Path) -> tupl
             f"{len(images.missing)} matched image(s) could not be read and show as grey "
             f"(first: image {first_id}: {reason})"
         )
-    return mp4, writer.audio_mode, len(images.missing), timings
+    summary = quality.tracker.summary() if quality.records else None
+    if options.report:
+        _write_report(run, report, choices, summary)
+    else:
+        (out / REPORT_NAME).unlink(missing_ok=True)  # an earlier run's report would describe other output
+    return _Written(mp4, writer.audio_mode, len(images.missing), timings, summary, quality.records)
+
+
+def _write_report(run: _Render, sink: ReportSink, choices: list[Choice], quality: QualitySummary | None) -> None:
+    counts = _counts(choices)
+    summary: dict[str, Any] = {
+        "frames": counts["frames"],
+        "distinct images": counts["distinct_images"],
+        "mean score": counts["mean_score"],
+        "switch rate": counts["switch_rate"],
+    }
+    if quality is not None:
+        summary.update(
+            {
+                "mean SSIM": round(quality.mean_ssim, 4),
+                "mean ΔE": round(quality.mean_delta_e, 2),
+                "flicker (× source)": None if quality.flicker is None else round(quality.flicker, 2),
+            }
+        )
+    bundle = {"id": run.bundle.bundle_id[:16], "method": run.bundle.spec.method, "images": run.bundle.count}
+    options = {k: v for k, v in run.options.to_dict().items() if k not in ("progress", "timings")}
+    sink.builder.write(run.out / REPORT_NAME, summary, options, bundle, sink.builder.most_used())
 
 
 class _Progress(Stage[OutputFrame, OutputFrame]):
@@ -422,10 +473,13 @@ class _Names:
 def _counts(choices: list[Choice]) -> dict[str, Any]:
     seen: set[int] = set()
     repeats = 0
+    previous: int | None = None
     for choice in choices:
-        if choice.fallback != HELD and choice.image_id in seen:
+        # A repeat is an image coming back: held frames and an image staying on screen are not.
+        if choice.fallback != HELD and choice.image_id != previous and choice.image_id in seen:
             repeats += 1
         seen.add(choice.image_id)
+        previous = choice.image_id
     scores = [c.score for c in choices]
     switches = sum(1 for a, b in itertools.pairwise(choices) if a.image_id != b.image_id)
     return {
@@ -473,6 +527,7 @@ def _results(
     end: dict[str, Any],
     output: dict[str, Any],
     timings: dict[str, RunTimings],
+    written: _Written | None,
 ) -> dict[str, Any]:
     paths = run.bundle.relative_paths([c.image_id for c in choices])
     info = run.info
@@ -511,12 +566,31 @@ def _results(
             "truncated": bool(end.get("truncated")),
         },
         "most_used": most_used,
+        "quality": None if written is None or written.quality is None else _rounded(written.quality.to_dict()),
         "timings": {phase: t.to_dict() for phase, t in timings.items()},
         "frames": [
-            {**c.to_dict(), "cut": c.cut, "time": round(c.time, 4), "score": round(c.score, 6), "path": p}
-            for c, p in zip(choices, paths, strict=True)
+            {
+                **c.to_dict(),
+                "cut": c.cut,
+                "time": round(c.time, 4),
+                "score": round(c.score, 6),
+                "path": p,
+                **(_frame_look(written.frame_quality[i]) if written and i < len(written.frame_quality) else {}),
+            }
+            for i, (c, p) in enumerate(zip(choices, paths, strict=True))
         ],
     }
+
+
+def _rounded(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in data.items()}
+
+
+def _frame_look(record: FrameQuality) -> dict[str, Any]:
+    look = {"ssim": record.ssim, "delta_e": record.delta_e, "delta_e_fine": record.delta_e_fine}
+    if record.photo_ssim is not None:
+        look["photo_ssim"] = record.photo_ssim
+    return _rounded(look)
 
 
 def _seed(options: RenderOptions, out: Path) -> int | None:
@@ -583,22 +657,22 @@ def render(
             )
         output_started = time.perf_counter()
         output: dict[str, Any] = {"fps": end["fps"], "width": run.info.width, "height": run.info.height}
-        mp4: Path | None = None
-        audio: str | None = None
-        missing = 0
+        written: _Written | None = None
         if root is not None:
-            mp4, audio, missing, timings["output"] = _output(run, choices, float(end["fps"]), root)
+            written = _output(run, choices, float(end["fps"]), root)
+            timings["output"] = written.timings
             output.update(
-                video=mp4.name,
-                audio=audio,
+                video=written.mp4.name,
+                audio=written.audio,
                 frames_dir=FRAMES_DIR if options.save_frames else None,
                 samples_dir=SAMPLES_DIR if options.save_samples else None,
-                missing_images=missing,
+                report=REPORT_NAME if options.report else None,
+                missing_images=written.missing,
             )
         else:
-            output.update(video=None, audio=None, frames_dir=None, samples_dir=None, missing_images=0)
+            output.update(video=None, audio=None, frames_dir=None, samples_dir=None, report=None, missing_images=0)
         output_seconds = time.perf_counter() - output_started if root is not None else 0.0
-        atomic_write_json(results_path, _results(run, progress.header, choices, end, output, timings))
+        atomic_write_json(results_path, _results(run, progress.header, choices, end, output, timings, written))
     counts = _counts(choices)
     match_timings = timings.get("match")
     per_frame: dict[str, float] = {}
@@ -609,7 +683,7 @@ def render(
     return RenderResult(
         out_dir=out,
         results_path=results_path,
-        video_path=mp4,
+        video_path=written.mp4 if written else None,
         frames=counts["frames"],
         fps=float(end["fps"]),
         distinct_images=counts["distinct_images"],
@@ -623,8 +697,9 @@ def render(
         total_seconds=time.perf_counter() - started,
         match_ms_per_frame=per_frame,
         truncated=bool(end.get("truncated")),
-        missing_images=missing,
-        audio=audio,
+        missing_images=written.missing if written else 0,
+        audio=written.audio if written else None,
+        quality=written.quality if written else None,
         mean_score=counts["mean_score"],
         warnings=run.warnings,
         assign=_assign_summary(run, choices),

@@ -12,6 +12,8 @@ from pathlib import Path
 from fluxframe_render.compose import JpegWriter, side_by_side
 from fluxframe_render.output import OutputFrame
 from fluxframe_render.pipeline import Stage
+from fluxframe_render.report import FrameRecord, ReportBuilder
+from fluxframe_render.select import HELD
 from fluxframe_render.video import VideoWriter
 
 
@@ -19,6 +21,7 @@ class Mp4Sink(Stage[OutputFrame, OutputFrame]):
     """H.264 + the source's audio (video.VideoWriter: written to a temporary name, renamed when complete)."""
 
     name = "encode"
+    threaded = True  # x264 works while the frames behind are measured
 
     def __init__(self, writer: VideoWriter) -> None:
         self.writer = writer
@@ -75,4 +78,39 @@ class SamplesSink(Stage[OutputFrame, OutputFrame]):
                 f"{self.name_of(choice.image_id)}  score {choice.score:.3f}",
             )
             self.jpegs.submit(self.folder / f"sample_{choice.index:06d}.jpg", sample)
+        return (item,)
+
+
+class ReportSink(Stage[OutputFrame, OutputFrame]):
+    """OUT/report.html (report.ReportBuilder): figures of every frame, thumbnails of a bounded sample."""
+
+    name = "report"
+
+    def __init__(self, builder: ReportBuilder, name_of: Callable[[int], str]) -> None:
+        self.builder = builder
+        self.name_of = name_of
+        self.last_image: OutputFrame | None = None
+        self._previous_id: int | None = None
+
+    def process(self, item: OutputFrame) -> Iterable[OutputFrame]:
+        choice = item.choice
+        switched = self._previous_id is not None and choice.image_id != self._previous_id
+        self._previous_id = choice.image_id
+        record = FrameRecord(
+            index=choice.index,
+            time=choice.time,
+            image_id=choice.image_id,
+            image_name=self.name_of(choice.image_id),
+            score=choice.score,
+            ssim=item.metrics.get("ssim"),
+            delta_e=item.metrics.get("delta_e"),
+            switched=switched,
+            held=choice.fallback == HELD,
+            cut=choice.cut,
+        )
+        if self.builder.wants_thumbnails(choice.index, switched):
+            self.builder.add_frame(record, item.source, item.image, item.photo)
+        else:
+            self.builder.add_frame(record, None, None, None)
+        self.last_image = item
         return (item,)

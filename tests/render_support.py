@@ -77,6 +77,14 @@ def choices_record(out: Path) -> dict[str, Any]:
     return data
 
 
+LOOK_KEYS = ("ssim", "delta_e", "delta_e_fine", "photo_ssim")
+
+
+def picks(out: Path) -> list[dict[str, Any]]:
+    """results.json's frames without the look metrics (which only a render with output has)."""
+    return [{k: v for k, v in frame.items() if k not in LOOK_KEYS} for frame in results(out)["frames"]]
+
+
 def image_ids(out: Path) -> list[int]:
     return [int(frame["image_id"]) for frame in results(out)["frames"]]
 

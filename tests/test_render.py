@@ -35,6 +35,7 @@ from tests.render_support import (
     choices_record,
     image_ids,
     make_media,
+    picks,
     results,
     run_cli,
 )
@@ -89,8 +90,15 @@ def test_output_video_frames_audio_and_files(media: Media, full_render: Path) ->
         "threshold_applied",
         "fallback",
         "cut",
+        "ssim",
+        "delta_e",
+        "delta_e_fine",
     }
     assert first["cut"], "a scene starts at frame 0"
+    look = data["quality"]
+    assert look["frames"] == media.frames and 0 < look["mean_delta_e"] < 100 and -1 <= look["mean_ssim"] <= 1
+    assert look["mean_ssim"] == pytest.approx(np.mean([f["ssim"] for f in data["frames"]]), abs=1e-3)
+    assert data["output"]["report"] == "report.html" and (out / "report.html").stat().st_size > 10_000
     assert [f["index"] for f in data["frames"]] == list(range(media.frames))
     assert all((media.pool / f["path"]).is_file() for f in data["frames"])
     assert (out / CHECKPOINT_NAME).is_file()
@@ -196,7 +204,7 @@ def test_changed_options_win_and_earlier_matches_come_back(media: Media, tmp_pat
     """Trying settings: new match options match again (one line says so), the old matches are kept and return."""
     assert run_cli(media.clip, media.bundle, tmp_path, "--seed", "1", "--skip-output", "--quiet").code == 0
     checkpoint = (tmp_path / CHECKPOINT_NAME).read_bytes()
-    matched = results(tmp_path)["frames"]
+    matched = picks(tmp_path)
 
     changed = run_cli(media.clip, media.bundle, tmp_path, "--seed", "2", "--search-depth", "4", "--skip-output")
     assert changed.code == 0, changed.stderr
@@ -212,13 +220,13 @@ def test_changed_options_win_and_earlier_matches_come_back(media: Media, tmp_pat
     assert "resuming the 60 frames kept for these options" in back.stderr
     assert "60 from checkpoint" in back.stdout
     assert (tmp_path / CHECKPOINT_NAME).read_bytes().startswith(checkpoint)
-    assert results(tmp_path)["frames"] == matched
+    assert picks(tmp_path) == matched
     assert describe_video(tmp_path / "clip_matched.mp4").frames == 60
 
     # Output options only: no matching, no warning, same choices.
     rerender = run_cli(media.clip, media.bundle, tmp_path, "--seed", "1", "--crf", "28", "--skip-output")
     assert rerender.code == 0 and "warning" not in rerender.stderr and "60 from checkpoint" in rerender.stdout
-    assert results(tmp_path)["frames"] == matched
+    assert picks(tmp_path) == matched
 
     # Dropping --seed after a seeded run resumes with the seed in the checkpoint.
     unseeded = run_cli(media.clip, media.bundle, tmp_path, "--skip-output")
@@ -227,7 +235,7 @@ def test_changed_options_win_and_earlier_matches_come_back(media: Media, tmp_pat
 
     restarted = run_cli(media.clip, media.bundle, tmp_path, "--seed", "1", "--restart", "--skip-output", "--quiet")
     assert restarted.code == 0, restarted.stderr
-    assert results(tmp_path)["frames"] == matched  # matched again from scratch: the same picks
+    assert picks(tmp_path) == matched  # matched again from scratch: the same picks
 
 
 def test_copy_detection_recall_through_ff_render(media: Media, tmp_path: Path) -> None:

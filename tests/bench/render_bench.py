@@ -85,7 +85,7 @@ def _match_target(kind: str, n: int, ms: dict[str, float]) -> tuple[str, bool | 
 
 def features_and_search(ms: dict[str, float]) -> float:
     """ms/frame of the match loop without waiting for video frames (decoded in a thread meanwhile)."""
-    return ms["extract"] + ms["search"] + ms["select"]
+    return ms["describe"] + ms["search"] + ms["select"]
 
 
 def _matching(ctx: Context, clip: Path, n: int, kind: str, bundle: Path, figures: dict[str, Any]) -> None:
@@ -102,7 +102,7 @@ def _matching(ctx: Context, clip: Path, n: int, kind: str, bundle: Path, figures
     if n >= 500_000:
         ctx.add(Row(GROUP, f"matching ms/frame ({kind})", setting, ms["total"], "ms", note=stages))
         name = f"features + search ms/frame ({kind})"
-        ctx.add(Row(GROUP, name, setting, features_and_search(ms), "ms", target, met, "extract + search + select"))
+        ctx.add(Row(GROUP, name, setting, features_and_search(ms), "ms", target, met, "describe + search + select"))
     else:
         ctx.add(Row(GROUP, f"matching ms/frame ({kind})", setting, ms["total"], "ms", target, met, stages))
     if not (n in NO_REPEAT_SIZES or ctx.quick):
