@@ -7,10 +7,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 EXTRAS ?= dev,export,dask
 
-.PHONY: install test lint demo bench bench-large clean help
+.PHONY: install test test-fast lint demo bench bench-large clean help
 
 help:
-	@echo "make install | test | lint | demo | bench | bench-large"
+	@echo "make install | test | test-fast | lint | demo | bench | bench-large"
 	@echo "make index POOL=dir BUNDLE=dir [METHOD=canny INDEX_ARGS=...]"
 	@echo "make render VIDEO=file BUNDLE=dir OUT=dir [RENDER_ARGS=...]"
 	@echo "make renders VIDEOS=dir BUNDLE=dir OUTROOT=dir [RENDER_ARGS=...] [-j N]"
@@ -26,6 +26,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 tests
+
+# Everything but the tests marked slow (kill-and-resume, Dask clusters, neural export, make batches).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check shared fluxframe_index fluxframe_render tests

@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from joblib import Parallel, delayed, parallel_config
 from fluxframe_index.assemble import IMAGE_COLUMNS, RowRun, write_rejected, write_rows
 from fluxframe_index.extract import ChunkStats, ChunkTask, extract_chunk, shard_paths
 from fluxframe_index.ivf import build_ivf_index
-from fluxframe_index.scan import ScanRejection, ScanResult, scan_pool
+from fluxframe_index.scan import ScanRejection, ScanResult, SkippedFolder, describe_unusable, scan_pool
 from shared.atomic import atomic_write_json
 from shared.bundle import (
     INDEX,
@@ -38,11 +39,12 @@ from shared.bundle import (
     read_manifest,
 )
 from shared.cli_support import progress_bar
-from shared.errors import BundleError, OutputError, UsageError
+from shared.errors import BundleError, InputError, OutputError, StateError, UsageError
 from shared.features.base import Block, create_extractor, method_info
 from shared.hashing import sha256_json
 from shared.images import DEFAULT_MAX_PIXELS
 from shared.lock import ExclusiveLock
+from shared.own_folders import fluxframe_folder_kind, is_inside
 from shared.spec import FeatureSpec
 
 PLAN = "plan.json"
@@ -59,6 +61,7 @@ class BuildOptions:
     backend: str = "loky"
     max_pixels: int = DEFAULT_MAX_PIXELS
     progress: bool = False
+    replace: bool = False  # replace a bundle of another feature spec at the destination
 
     def __post_init__(self) -> None:
         if self.jobs < 1:
@@ -87,6 +90,7 @@ class BuildResult:
     resumed_shards: int
     seconds: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    skipped_folders: list[SkippedFolder] = field(default_factory=list)
 
 
 def staging_dir(dest: Path) -> Path:
@@ -116,13 +120,51 @@ def build_bundle(
 ) -> BuildResult:
     """Build (or resume, or confirm up to date) the bundle at ``dest`` from the images under ``pool``."""
     started = time.perf_counter()
-    lock = bundle_lock(dest)
+    # Every refusal below comes before anything is written (the lock's folder included).
+    refuse_bundle_inside_pool(pool, dest)
     # The scan reads only the pool, so a bad pool is reported as such even while another build holds the lock.
     scan = scan_pool(pool, limit=options.limit)
     if not scan.entries:
-        raise UsageError(f"{pool}: no image files found (looked for {', '.join(sorted(_extensions()))})")
-    with lock:
+        raise InputError(no_image_files_message(pool, scan))
+    refuse_foreign_folder(Path(dest))
+    with bundle_lock(dest):
         return _build_bundle(scan, pool, Path(dest).absolute(), options, on_chunk, started)
+
+
+def refuse_bundle_inside_pool(pool: Path, dest: Path) -> None:
+    """A bundle inside its own pool would be scanned by the next build or update: refuse it."""
+    if pool.is_dir() and is_inside(dest, pool):
+        raise UsageError(f"{dest}: the bundle would be inside the pool {pool}; write it outside the pool")
+
+
+def refuse_foreign_folder(dest: Path) -> None:
+    """Building replaces the folder at ``dest`` whole: never a folder of someone else's files."""
+    if dest.is_dir() and any(dest.iterdir()) and fluxframe_folder_kind(dest) != "bundle":
+        raise StateError(
+            f"{dest}: is a folder with files that is not a FluxFrame bundle; refusing to replace it "
+            "(give a new or empty folder as BUNDLE)"
+        )
+
+
+def no_image_files_message(pool: Path, scan: ScanResult) -> str:
+    looked_for = ", ".join(sorted(_extensions()))
+    message = f"{pool}: no image files found (looked for {looked_for})"
+    if scan.rejected:
+        message += f"; {describe_unusable(scan.rejected)}"
+    if scan.skipped_folders:
+        names = ", ".join(f"{f.path} ({f.kind})" for f in scan.skipped_folders[:5])
+        message += f"; skipped FluxFrame's own folders: {names}"
+    return message
+
+
+def refuse_other_spec(dest: Path, current: Manifest, spec: FeatureSpec) -> None:
+    """A bundle of another spec is replaced only on request: its renders would no longer open it."""
+    old, new = current.spec.to_dict(), spec.to_dict()
+    changes = ", ".join(f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in new if old.get(key) != new.get(key))
+    raise StateError(
+        f"{dest}: holds a bundle of other feature options ({changes}); pass --replace to replace it, "
+        "or give another BUNDLE path"
+    )
 
 
 def _build_bundle(
@@ -139,7 +181,18 @@ def _build_bundle(
     current = _current_manifest(dest)
     if current is not None and _is_up_to_date(current, spec, fingerprint, options, pool_root=scan.root):
         discard_staging(staging_dir(dest))  # left by a build killed after its bundle was in place
-        return BuildResult(dest, current, True, current.count, [], 0, time.perf_counter() - started)
+        return BuildResult(
+            dest,
+            current,
+            True,
+            current.count,
+            [],
+            0,
+            time.perf_counter() - started,
+            skipped_folders=scan.skipped_folders,
+        )
+    if current is not None and current.spec_sha256 != spec.sha256() and not options.replace:
+        refuse_other_spec(dest, current, spec)
 
     stage = staging_dir(dest)
     plan = {
@@ -183,7 +236,10 @@ def _build_bundle(
     count, decode_rejected = _assemble(tasks, shard_dir, work, dim, options.progress)
     rejected = sorted([*scan.rejected, *decode_rejected], key=lambda r: os.fsencode(r.path))
     if count == 0:
-        raise UsageError(f"{pool}: none of the {len(scan.entries)} image files could be used; see the reasons above")
+        discard_staging(stage)  # a refused build leaves nothing behind
+        raise InputError(
+            f"{pool}: none of the {len(scan.entries)} image files could be used; {describe_unusable(rejected)}"
+        )
     manifest = seal_bundle(
         work,
         dest,
@@ -198,7 +254,8 @@ def _build_bundle(
     )
     stage_seconds["finalize"] = time.perf_counter() - t_final
     discard_staging(stage)
-    return BuildResult(dest, manifest, False, count, rejected, resumed, time.perf_counter() - started, stage_seconds)
+    seconds = time.perf_counter() - started
+    return BuildResult(dest, manifest, False, count, rejected, resumed, seconds, stage_seconds, scan.skipped_folders)
 
 
 def seal_bundle(
@@ -331,7 +388,29 @@ def run_chunks(tasks: list[ChunkTask], options: BuildOptions) -> Iterator[ChunkS
             yield extract_chunk(task)
         return
     parallel = _parallel(options)
-    yield from parallel(delayed(extract_chunk)(task) for task in tasks)
+    with workers_ignore_sigint():
+        # Calling parallel starts the workers. A Ctrl-C goes to the whole process group: it must
+        # stop this process (which stops the workers and keeps finished shards), never reach a
+        # worker still starting up, which would print its own KeyboardInterrupt traceback.
+        results = parallel(delayed(extract_chunk)(task) for task in tasks)
+    yield from results
+
+
+@contextlib.contextmanager
+def workers_ignore_sigint() -> Iterator[None]:
+    """Processes started inside the block ignore SIGINT; this one still gets it, when the block ends.
+
+    An ignored signal stays ignored across exec, and Python then installs no KeyboardInterrupt
+    handler. Blocking SIGINT here meanwhile keeps a Ctrl-C pressed during the block pending
+    (Linux never discards a blocked signal), so it is delivered as soon as the block ends.
+    """
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
 
 
 def _parallel(options: BuildOptions) -> Parallel:

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from fluxframe_index.build import BuildOptions, BuildResult, build_bundle
+from fluxframe_index.build import BuildResult, build_bundle
+from fluxframe_index.options import EXAMPLES, QUIET_HELP, BuildCommandLine
 from shared import __version__
 from shared.bundle import Bundle, open_bundle, verify_bundle
 from shared.cli_support import report_errors
 from shared.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 from shared.features.base import all_methods
-from shared.images import DEFAULT_MAX_PIXELS
-from shared.spec import ALL_METHODS, FeatureSpec, parse_aspect
+from shared.options import GroupedCommand, click_options, from_click
+from shared.spec import FeatureSpec
 
 PROG = "ff-index"
 REJECTED_SHOWN = 20
@@ -39,12 +39,18 @@ class _OneLineErrors(click.Group):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
+        argv = list(kwargs.get("args") or (args[0] if args else None) or sys.argv[1:])
         try:
             code = super().main(*args, **kwargs)
         except click.ClickException as exc:
             if isinstance(exc, _NO_ARGS_IS_HELP):
                 exc.show()  # bare `ff-index`: the help text, as click gives it
                 sys.exit(exc.exit_code)
+            if isinstance(exc, click.UsageError) and exc.ctx is not None and argv == [exc.ctx.info_name]:
+                # A bare `ff-index build`: how to call it, and where the rest is explained.
+                click.echo(exc.ctx.get_usage(), err=True)
+                click.echo(f"Try '{exc.ctx.command_path} --help' for the options and examples.", err=True)
+                sys.exit(EXIT_USAGE)
             message = " ".join(exc.format_message().split())
             click.echo(f"{PROG}: error: {message}", err=True)
             sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
@@ -66,150 +72,37 @@ def main() -> None:
     """
 
 
-@main.command()
+@main.command(
+    cls=GroupedCommand,
+    prog=f"{PROG} build",
+    examples=EXAMPLES,
+    context_settings={"max_content_width": 110},
+)
 @click.argument("pool", type=click.Path(path_type=Path))
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option(
-    "--method", type=click.Choice(ALL_METHODS), default="canny", help="Feature method (see `ff-index methods`)."
-)
-@click.option(
-    "--comparison-size",
-    type=click.IntRange(32, 2048),
-    default=256,
-    help="Long side in pixels that images and frames are compared at.",
-)
-@click.option(
-    "--spatial-grid",
-    type=click.Choice(["2", "3"]),
-    default="2",
-    help="Grid for spatial_pyramid and the neural methods (2 = 2x2, 3 = 3x3).",
-)
-@click.option("--aspect", default="16:9", help="Aspect W:H images are centre-cropped to; match your videos.")
-@click.option("--pooling", type=click.Choice(["avg", "gem"]), default="avg", help="Neural methods: grid-cell pooling.")
-@click.option("--gem-p", type=float, default=3.0, help="Neural methods: GeM power (1 = average, higher -> max).")
-@click.option(
-    "--onnx-model",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Neural methods: an ONNX file to use instead of the exported one.",
-)
-@click.option(
-    "--cache-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Model cache folder [default: $FLUXFRAME_CACHE or ~/.cache/fluxframe].",
-)
-@click.option("--seed", "projection_seed", type=int, default=0, help="spatial_color: seed of the random projection.")
-@click.option(
-    "--jobs", type=click.IntRange(1, 256), default=os.cpu_count() or 1, help="Worker processes extracting features."
-)
-@click.option(
-    "--chunk-size",
-    type=click.IntRange(1, 100_000),
-    default=256,
-    help="Images per worker task and per shard (resume granularity).",
-)
-@click.option(
-    "--limit", type=click.IntRange(min=1), default=None, help="Index only the first N images (sorted by path)."
-)
-@click.option(
-    "--index",
-    "index_kind",
-    type=click.Choice(["flat", "ivf"]),
-    default="flat",
-    help="flat: exact search over mmapped vectors; ivf: FAISS IVF index for big pools.",
-)
-@click.option(
-    "--ivf-nlist",
-    type=click.IntRange(min=1),
-    default=None,
-    help="IVF lists [default: about 4*sqrt(N), a power of two].",
-)
-@click.option(
-    "--max-pixels",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_PIXELS,
-    help="Reject images whose header declares more pixels (decompression-bomb guard).",
-)
-@click.option(
-    "--backend",
-    type=click.Choice(["loky", "dask"]),
-    default="loky",
-    help="joblib backend running the workers (dask needs the [dask] extra).",
-)
-@click.option(
-    "--scheduler",
-    default=None,
-    help="Dask scheduler address (tcp://host:8786); default: a local cluster. The build waits up to 60 s "
-    "(FLUXFRAME_DASK_WORKER_WAIT) for a worker to join.",
-)
-@click.option(
-    "--update", is_flag=True, help="Update the existing BUNDLE: extract only new and changed files, drop deleted ones."
-)
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click_options(BuildCommandLine)
 @debug_option
-def build(
-    pool: Path,
-    bundle: Path,
-    method: str,
-    comparison_size: int,
-    spatial_grid: str,
-    aspect: str,
-    pooling: str,
-    gem_p: float,
-    onnx_model: Path | None,
-    cache_dir: Path | None,
-    projection_seed: int,
-    jobs: int,
-    chunk_size: int,
-    limit: int | None,
-    index_kind: str,
-    ivf_nlist: int | None,
-    max_pixels: int,
-    backend: str,
-    scheduler: str | None,
-    update: bool,
-    quiet: bool,
-    debug: bool,
-) -> None:
+def build(pool: Path, bundle: Path, debug: bool, **values: Any) -> None:
     """Scan POOL (recursively), extract features in parallel, write BUNDLE.
 
-    Resumable: rerun the same command after a crash and finished shards are kept.
-    Rerunning with the same options on an unchanged pool does nothing.
+    Resumable: rerun the same command after a crash or Ctrl-C and finished shards are kept.
+    Rerunning with the same options on an unchanged pool does nothing. FluxFrame's own
+    bundles and render outputs found inside POOL are skipped.
     """
     with report_errors(PROG, debug):
-        aw, ah = parse_aspect(aspect)
+        args = from_click(BuildCommandLine, values)
         model_sha = ""
-        if method in ("mobilenet", "efficientnet"):
+        if args.is_neural:
             from shared.features.neural import resolve_model
 
-            _, model_sha = resolve_model(method, onnx_model, cache_dir)
-        elif onnx_model is not None:
+            _, model_sha = resolve_model(args.method, args.onnx_model, args.cache_dir)
+        elif args.onnx_model is not None:
             raise UsageError("--onnx-model applies to the neural methods only")
-        spec = FeatureSpec(
-            method=method,
-            comparison_size=comparison_size,
-            aspect_w=aw,
-            aspect_h=ah,
-            spatial_grid=int(spatial_grid),
-            pooling=pooling,
-            gem_p=gem_p,
-            projection_seed=projection_seed,
-            model_sha256=model_sha,
-        )
-        options = BuildOptions(
-            spec=spec,
-            jobs=jobs,
-            chunk_size=chunk_size,
-            limit=limit,
-            index_kind=index_kind,
-            ivf_nlist=ivf_nlist,
-            backend=backend,
-            max_pixels=max_pixels,
-            progress=not quiet,
-        )
-        if scheduler is not None and backend != "dask":
+        options = args.build_options(args.feature_spec(model_sha))
+        if args.scheduler is not None and args.backend != "dask":
             raise UsageError("--scheduler needs --backend dask")
-        with _backend(backend, scheduler, jobs):
-            if update:
+        with _backend(args.backend, args.scheduler, args.jobs):
+            if args.update:
                 from fluxframe_index.update import update_bundle
 
                 result, counts = update_bundle(pool, bundle, options)
@@ -233,6 +126,11 @@ def _backend(backend: str, scheduler: str | None, jobs: int) -> contextlib.Abstr
 
 def _print_build_summary(result: BuildResult) -> None:
     m = result.manifest
+    skipped = result.skipped_folders
+    if skipped:
+        names = ", ".join(f"{f.path} ({f.kind})" for f in skipped[:REJECTED_SHOWN])
+        more = f" and {len(skipped) - REJECTED_SHOWN} more" if len(skipped) > REJECTED_SHOWN else ""
+        click.echo(f"skipped FluxFrame's own folders inside the pool: {names}{more}", err=True)
     if result.up_to_date:
         click.echo(
             f"{result.bundle}: up to date ({m.count} images, {m.spec.method}, bundle {m.bundle_id[:12]}); nothing to do"
@@ -244,8 +142,9 @@ def _print_build_summary(result: BuildResult) -> None:
         click.echo(f"... and {len(result.rejected) - REJECTED_SHOWN} more (all listed in rejected.parquet)", err=True)
     rate = result.indexed / result.seconds if result.seconds > 0 else 0.0
     resumed = f", resumed {result.resumed_shards} finished shards" if result.resumed_shards else ""
+    skipped_text = f", skipped {len(skipped)} FluxFrame folder{'s' if len(skipped) != 1 else ''}" if skipped else ""
     click.echo(
-        f"indexed {result.indexed} images, rejected {len(result.rejected)}, {m.dim}-d {m.spec.method}, "
+        f"indexed {result.indexed} images, rejected {len(result.rejected)}{skipped_text}, {m.dim}-d {m.spec.method}, "
         f"{m.index.kind} index, in {result.seconds:.1f} s ({rate:.0f} img/s){resumed} -> {result.bundle} "
         f"(bundle {m.bundle_id[:12]})"
     )
@@ -326,7 +225,7 @@ def _dims_text(method: str) -> str:
     "--index", "index_kind", type=click.Choice(["flat", "ivf"]), default="flat", help="Index of the merged bundle."
 )
 @click.option("--ivf-nlist", type=click.IntRange(min=1), default=None, help="IVF lists [default: auto].")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True, help=QUIET_HELP)
 @debug_option
 def merge(bundles: tuple[Path, ...], index_kind: str, ivf_nlist: int | None, quiet: bool, debug: bool) -> None:
     """Merge bundles built with the same options over disjoint pools: ff-index merge A B [C ...] OUT.

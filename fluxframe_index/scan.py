@@ -6,10 +6,11 @@ import hashlib
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.errors import InputError
+from shared.own_folders import FolderKind, fluxframe_folder_kind
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".tif", ".tiff", ".bmp", ".dib", ".gif"}
@@ -31,10 +32,19 @@ class ScanRejection:
 
 
 @dataclass(frozen=True)
+class SkippedFolder:
+    """A folder inside the pool left out whole: FluxFrame's own output, not pictures to index."""
+
+    path: str
+    kind: FolderKind
+
+
+@dataclass(frozen=True)
 class ScanResult:
     root: Path
     entries: list[PoolEntry]
     rejected: list[ScanRejection]
+    skipped_folders: list[SkippedFolder] = field(default_factory=list)
 
     def fingerprint(self) -> str:
         """sha256 over every entry's path, size and mtime: changes when the pool changes."""
@@ -42,6 +52,18 @@ class ScanResult:
         for e in self.entries:
             digest.update(os.fsencode(e.path) + b"\0" + f"{e.size}:{e.mtime_ns}\n".encode())
         return digest.hexdigest()
+
+
+def describe_unusable(rejected: list[ScanRejection], shown: int = 5) -> str:
+    """The first ``shown`` files with their reasons, then how many more: one line for an error message."""
+    named = ", ".join(f"{_one_line(r.path)} ({r.reason})" for r in rejected[:shown])
+    more = f" and {len(rejected) - shown} more" if len(rejected) > shown else ""
+    return f"{len(rejected)} file{'s' if len(rejected) != 1 else ''} not used: {named}{more}"
+
+
+def _one_line(rel: str) -> str:
+    # Non-UTF-8 bytes (kept as surrogates) and newlines in a name must not break the message.
+    return rel.encode("utf-8", "backslashreplace").decode("utf-8").replace("\n", "\\n")
 
 
 def _sort_key(rel: str) -> bytes:
@@ -54,6 +76,8 @@ def scan_pool(root: Path, *, limit: int | None = None) -> ScanResult:
 
     Hidden files and folders are skipped silently (tool droppings like .DS_Store);
     files with a non-image extension are recorded as rejected ("not_image_extension").
+    Folders holding a FluxFrame bundle or render output are skipped whole and listed in
+    ``skipped_folders``: a render's frames are matches of this very pool, not new pictures.
     """
     root = Path(root)
     if not root.exists():
@@ -62,7 +86,8 @@ def scan_pool(root: Path, *, limit: int | None = None) -> ScanResult:
         raise InputError(f"{root}: pool is not a folder")
     entries: list[PoolEntry] = []
     rejected: list[ScanRejection] = []
-    for rel, st, problem in _walk(root):
+    skipped: list[SkippedFolder] = []
+    for rel, st, problem in _walk(root, skipped):
         if problem is not None:
             rejected.append(ScanRejection(rel, problem[0], problem[1]))
         elif os.path.splitext(rel)[1].lower() not in IMAGE_EXTENSIONS:
@@ -74,11 +99,17 @@ def scan_pool(root: Path, *, limit: int | None = None) -> ScanResult:
     rejected.sort(key=lambda r: _sort_key(r.path))
     if limit is not None:
         entries = entries[:limit]
-    return ScanResult(root=root.resolve(), entries=entries, rejected=rejected)
+    skipped.sort(key=lambda f: _sort_key(f.path))
+    return ScanResult(root=root.resolve(), entries=entries, rejected=rejected, skipped_folders=skipped)
 
 
-def _walk(root: Path) -> Iterator[tuple[str, os.stat_result | None, tuple[str, str] | None]]:
-    """Yield (relative path, stat, problem) for every non-hidden file; problem is (reason, detail)."""
+def _walk(
+    root: Path, skipped: list[SkippedFolder]
+) -> Iterator[tuple[str, os.stat_result | None, tuple[str, str] | None]]:
+    """Yield (relative path, stat, problem) for every non-hidden file; problem is (reason, detail).
+
+    FluxFrame's own folders below ``root`` are not entered; they are appended to ``skipped``.
+    """
     seen_dirs: set[tuple[int, int]] = set()
     stack: list[tuple[str, str]] = [(str(root), "")]
     while stack:
@@ -108,7 +139,11 @@ def _walk(root: Path) -> Iterator[tuple[str, os.stat_result | None, tuple[str, s
                 yield rel, None, ("unreadable", f"{exc.strerror or exc} (broken link?)")
                 continue
             if stat.S_ISDIR(st_item.st_mode):
-                stack.append((item.path, rel))
+                kind = fluxframe_folder_kind(Path(item.path))
+                if kind is None:
+                    stack.append((item.path, rel))
+                else:
+                    skipped.append(SkippedFolder(rel, kind))
             elif stat.S_ISREG(st_item.st_mode):
                 if not os.access(item.path, os.R_OK):
                     yield rel, None, ("unreadable", "permission denied")

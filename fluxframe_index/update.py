@@ -32,16 +32,17 @@ from fluxframe_index.build import (
     chunk_tasks,
     discard_staging,
     prepare_staging,
+    refuse_bundle_inside_pool,
     run_chunks,
     seal_bundle,
     shard_run,
     staging_dir,
 )
 from fluxframe_index.extract import ChunkStats, shard_paths
-from fluxframe_index.scan import PoolEntry, ScanRejection, ScanResult, scan_pool
+from fluxframe_index.scan import PoolEntry, ScanRejection, ScanResult, describe_unusable, scan_pool
 from shared.bundle import display_path, open_bundle
 from shared.cli_support import progress_bar
-from shared.errors import UsageError
+from shared.errors import InputError, UsageError
 from shared.features.base import create_extractor, method_info
 from shared.hashing import sha256_json
 
@@ -82,6 +83,7 @@ def update_bundle(
     on_chunk: Callable[[ChunkStats], None] | None = None,
 ) -> tuple[BuildResult, UpdateCounts]:
     """Bring ``bundle`` up to date with ``pool``, extracting only new and changed files."""
+    refuse_bundle_inside_pool(pool, bundle)
     with bundle_lock(bundle):
         return _update_bundle(pool, Path(bundle).absolute(), options, on_chunk)
 
@@ -95,7 +97,7 @@ def _update_bundle(
     if old.manifest.spec_sha256 != spec.sha256():
         raise UsageError(
             f"{bundle}: was built with other feature options ({old.spec.method}); an update keeps them — "
-            "drop --update for a full rebuild with the new options"
+            "drop --update and add --replace for a full rebuild with the new options"
         )
     scan = scan_pool(pool, limit=options.limit)
     fingerprint = scan.fingerprint()
@@ -176,7 +178,9 @@ def _update_bundle(
     order = [e.path for e in scan.entries if e.path in keep or e.path in fresh]
     count = len(order)
     if count == 0:
-        raise UsageError(f"{pool}: no usable images left after the update")
+        discard_staging(stage)  # a refused update leaves nothing behind; the bundle stays as it was
+        detail = f"; {describe_unusable(rejected)}" if rejected else ""
+        raise InputError(f"{pool}: no usable images left after the update{detail}")
     full_old = old.read_images_table()
     # A kept file that was only touched gets its current mtime, as a full rebuild would record
     # (and the next update then need not hash it again).
@@ -227,5 +231,6 @@ def _update_bundle(
         extra={"updated_from": old.bundle_id, "update": counts.to_dict(), "plan_sha256": sha256_json(plan)},
     )
     discard_staging(stage)
-    result = BuildResult(bundle, manifest, False, count, rejected, 0, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    result = BuildResult(bundle, manifest, False, count, rejected, 0, seconds, skipped_folders=scan.skipped_folders)
     return result, counts

@@ -145,6 +145,11 @@ def parse_manifest(path: Path, data: dict[str, Any]) -> Manifest:
             f"{path}: bundle format version {version!r} is not supported (this FluxFrame reads version "
             f"{FORMAT_VERSION}); rebuild it with this version of ff-index"
         )
+    # The seal is checked on the JSON as read, before any field is interpreted: a changed byte
+    # anywhere (a key, a value) is reported as what it is, tampering, not as whatever field
+    # check it happens to trip first (an unknown method would otherwise read as a usage error).
+    if sha256_json({k: v for k, v in data.items() if k != "bundle_id"}) != data.get("bundle_id"):
+        raise BundleError(f"{path}: bundle_id does not match the manifest's content (tampered?)")
     try:
         spec = FeatureSpec.from_dict(dict(data["spec"]))
         files = {_safe_file_name(str(k), where): dict(v) for k, v in dict(data["files"]).items()}

@@ -17,6 +17,7 @@ import click
 from tqdm import tqdm
 
 from shared.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_IO, FluxFrameError
+from shared.plain_progress import PlainProgress
 
 # Write errors that mean no room: disk full, quota exceeded, file size limit (RLIMIT_FSIZE).
 _STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -64,7 +65,13 @@ def _internal_error(prog: str, exc: Exception, debug: bool) -> NoReturn:
 
 
 def progress_bar(total: int | None, desc: str, unit: str, enabled: bool = True, initial: int = 0) -> tqdm[Any]:
-    """A progress bar on stderr with count, rate and ETA; silent when disabled or not wanted."""
+    """Progress on stderr with count, rate and ETA; silent when disabled.
+
+    A redrawn bar on a terminal; otherwise (a log, cron mail, a pipe) a plain line every
+    ~10 % or ~10 s, since every redraw of a bar would stay in the log as a line of noise.
+    """
+    if enabled and not _is_terminal(sys.stderr):
+        return PlainProgress(total, desc, unit, sys.stderr, initial=initial)
     return tqdm(
         total=total,
         desc=desc,
@@ -75,3 +82,10 @@ def progress_bar(total: int | None, desc: str, unit: str, enabled: bool = True, 
         smoothing=0.1,
         file=sys.stderr,
     )
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False

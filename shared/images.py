@@ -5,9 +5,10 @@ read_image_bytes -> decode_image (header check, bomb guard, JPEG DCT scaling,
 EXIF orientation, colour normalisation) -> prepare_image (centre crop + resize).
 
 Files are never opened by OpenCV (cv2.imread on a non-UTF-8 file name segfaults
-OpenCV 5.0); everything is decoded from bytes. JPEG goes through libjpeg-turbo's
-TurboJPEG API when it loads (DCT scaling 1/8, 1/4, 1/2, 1), otherwise through
-cv2.imdecode with IMREAD_REDUCED_COLOR_2/4/8; other formats through cv2.imdecode.
+OpenCV 5.0); everything is decoded from bytes. JPEG goes through simplejpeg (a pip
+wheel bundling libjpeg-turbo: no system library to install) with DCT scaling 1/8, 1/4,
+1/2, 1, otherwise through cv2.imdecode with IMREAD_REDUCED_COLOR_2/4/8; other formats
+through cv2.imdecode.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import io
 import math
 import os
 import stat
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal, cast
 
 import cv2
@@ -44,8 +44,8 @@ __all__ = [
     "probe_dimensions",
     "read_header",
     "read_image_bytes",
+    "simplejpeg_available",
     "sniff_format",
-    "turbojpeg_available",
 ]
 
 DEFAULT_MAX_PIXELS: int = 100_000_000  # declared width*height above which a file is refused undecoded
@@ -55,7 +55,7 @@ DEFAULT_MAX_FILE_BYTES: int = 256 << 20
 MIN_SIDE = 8  # smaller images carry no usable structure (icons, tracking pixels)
 BACKGROUND_GREY = 128  # transparent pixels become mid-grey: neutral for edges and colour alike
 
-Backend = Literal["auto", "turbojpeg", "opencv"]
+Backend = Literal["auto", "simplejpeg", "opencv"]
 Image = NDArray[np.uint8]
 
 # The scales OpenCV's libjpeg can decode at, smallest first, and the flag that asks for each.
@@ -74,31 +74,20 @@ _OPENCV_SCALES = {
 _FAST_FACTORS = ((1, 8), (1, 4), (1, 2), (1, 1))
 
 
-@dataclass(frozen=True)
-class _Turbo:
-    decoder: Any  # turbojpeg.TurboJPEG, or None when libturbojpeg cannot be loaded
-    factors: tuple[tuple[int, int], ...]  # scaling factors <= 1, smallest first
-    bgr: int
-    cmyk: int
-    error: str
-
-
 @functools.cache
-def _turbo() -> _Turbo:
-    """The process's one TurboJPEG instance (it loads the shared library; decode calls are thread-safe)."""
+def _simplejpeg() -> ModuleType | None:
+    """The simplejpeg module, or None where its wheel is missing (OpenCV then decodes every JPEG)."""
     try:
-        import turbojpeg
-
-        decoder = turbojpeg.TurboJPEG()
-    except (ImportError, OSError, RuntimeError) as exc:
-        return _Turbo(None, (), 0, 0, f"{type(exc).__name__}: {exc}")
-    factors = tuple(f for f in _FAST_FACTORS if f in decoder.scaling_factors)
-    return _Turbo(decoder, factors, turbojpeg.TJPF_BGR, turbojpeg.TJPF_CMYK, "")
+        import simplejpeg
+    except ImportError:
+        return None
+    module: ModuleType = simplejpeg
+    return module
 
 
-def turbojpeg_available() -> bool:
-    """True when PyTurboJPEG imports and libturbojpeg loads."""
-    return _turbo().decoder is not None
+def simplejpeg_available() -> bool:
+    """True when simplejpeg (libjpeg-turbo with DCT scaling, from its pip wheel) imports."""
+    return _simplejpeg() is not None
 
 
 def _display(path: Path) -> str:
@@ -196,7 +185,7 @@ def decode_image(
     A JPEG is decoded at the smallest DCT scale whose centre crop to ``aspect`` (the whole
     image when None) is still at least ``min_size`` = (w, h) in both dimensions; the
     default (0, 0) decodes at full size. The returned image is not cropped.
-    ``backend`` picks the JPEG decoder: "auto" (TurboJPEG when it loads), "turbojpeg", "opencv".
+    ``backend`` picks the JPEG decoder: "auto" (simplejpeg when installed), "simplejpeg", "opencv".
 
     Raises ImageDecodeError with reason empty, not_an_image, truncated, too_large,
     too_small or unsupported.
@@ -241,8 +230,8 @@ def _checked_header(data: bytes, max_pixels: int) -> ImageHeader:
 def _decode(
     data: bytes, header: ImageHeader, min_size: tuple[int, int], aspect: float | None, backend: Backend
 ) -> Image:
-    if backend not in ("auto", "turbojpeg", "opencv"):
-        raise UsageError(f"unknown image backend {backend!r}; choose auto, turbojpeg or opencv")
+    if backend not in ("auto", "simplejpeg", "opencv"):
+        raise UsageError(f"unknown image backend {backend!r}; choose auto, simplejpeg or opencv")
     if header.format == "jpeg":
         return _decode_jpeg(data, header, min_size, aspect, backend)
     try:
@@ -260,20 +249,20 @@ def _decode(
 def _decode_jpeg(
     data: bytes, header: ImageHeader, min_size: tuple[int, int], aspect: float | None, backend: Backend
 ) -> Image:
-    turbo = _turbo()
-    turbo_error = ""
-    if backend == "turbojpeg" and turbo.decoder is None:
-        raise UsageError(f"the TurboJPEG backend was requested but cannot be loaded ({turbo.error})")
-    if backend != "opencv" and turbo.decoder is not None:
-        decoded, turbo_error = _decode_jpeg_turbo(data, header, turbo, min_size, aspect)
+    simplejpeg = _simplejpeg()
+    jpeg_error = ""
+    if backend == "simplejpeg" and simplejpeg is None:
+        raise UsageError("the simplejpeg backend was requested but simplejpeg is not installed")
+    if backend != "opencv" and simplejpeg is not None:
+        decoded, jpeg_error = _decode_jpeg_simplejpeg(simplejpeg, data, header, min_size, aspect)
         if decoded is not None:
             return _orient(decoded, header.orientation)
     scale = _pick_scale(header.display_size, tuple(_OPENCV_SCALES), min_size, aspect)
     try:
         image = _imdecode(data, _OPENCV_SCALES[scale] | cv2.IMREAD_IGNORE_ORIENTATION)
     except ImageDecodeError:
-        if turbo_error:
-            raise ImageDecodeError("unsupported", f"jpeg: {turbo_error}") from None
+        if jpeg_error:
+            raise ImageDecodeError("unsupported", f"jpeg: {jpeg_error}") from None
         raise
     return _orient(_normalise(image, header), header.orientation)
 
@@ -301,28 +290,31 @@ def _pick_scale(
     return 1, 1
 
 
-def _decode_jpeg_turbo(
-    data: bytes, header: ImageHeader, turbo: _Turbo, min_size: tuple[int, int], aspect: float | None
+def _decode_jpeg_simplejpeg(
+    simplejpeg: ModuleType, data: bytes, header: ImageHeader, min_size: tuple[int, int], aspect: float | None
 ) -> tuple[Image | None, str]:
-    """(image, "") or (None, the fatal libjpeg-turbo error) so that OpenCV can try instead."""
-    num, den = _pick_scale(header.display_size, turbo.factors, min_size, aspect)
-    pixel_format = turbo.cmyk if header.cmyk else turbo.bgr
-    # PyTurboJPEG reports libjpeg warnings (a scan cut short, stray bytes) through warnings.warn
-    # and returns the partly decoded picture; record them to refuse a cut-short file. (Recording
-    # swaps process-wide warning state, so threads decoding at once may miss one another's
-    # warnings; the EOI check in read_header still refuses every file that simply stops early.)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            image: Image = turbo.decoder.decode(data, pixel_format=pixel_format, scaling_factor=(num, den))
-        except OSError as exc:
-            return None, str(exc)
-    for warning in caught:
-        message = str(warning.message)
+    """(image, "") or (None, libjpeg-turbo's error) so that OpenCV can try instead."""
+    num, den = _pick_scale(header.display_size, _FAST_FACTORS, min_size, aspect)
+    # simplejpeg picks the smallest of all libjpeg-turbo scales whose output covers the size asked
+    # for; asking for exactly the (rounded-up) size at num/den pins that fast scale.
+    options = {
+        "colorspace": "CMYK" if header.cmyk else "BGR",
+        "min_width": -(-header.width * num // den),
+        "min_height": -(-header.height * num // den),
+    }
+    try:
+        # strict: libjpeg warnings raise instead of returning a partly decoded picture.
+        image: Image = simplejpeg.decode_jpeg(data, strict=True, **options)
+    except ValueError as exc:
+        message = str(exc)
         # "Premature end of JPEG file", "Corrupt JPEG data: premature end of data segment".
-        # Other warnings (extraneous bytes before a marker, ...) are common and harmless.
         if "premature end" in message.lower():
-            raise ImageDecodeError("truncated", f"jpeg: {message}")
+            raise ImageDecodeError("truncated", f"jpeg: {message}") from None
+        # Other warnings (extraneous bytes before a marker, ...) are common and harmless.
+        try:
+            image = simplejpeg.decode_jpeg(data, strict=False, **options)
+        except ValueError as fatal:
+            return None, str(fatal)
     if header.cmyk:
         return _cmyk_to_bgr(image, header.cmyk_inverted), ""
     return image, ""

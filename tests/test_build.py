@@ -18,6 +18,7 @@ import pytest
 from fluxframe_index.build import BuildOptions, BuildResult, build_bundle, staging_dir
 from fluxframe_index.extract import ChunkStats
 from shared.bundle import IMAGES, VECTORS, open_bundle
+from shared.errors import StateError
 from shared.spec import FeatureSpec
 from tests.pools import copy_tree, make_pool, pool_images, write_jpeg
 
@@ -87,6 +88,7 @@ def reference(big_pool: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_kill_9_during_build_then_resume_gives_identical_bundle(
     big_pool: Path, reference: Path, tmp_path: Path
 ) -> None:
@@ -149,8 +151,8 @@ def test_rebuild_of_an_unchanged_pool_is_a_no_op(small_pool: Path, tmp_path: Pat
     assert build_bundle(small_pool, dest, ignored).up_to_date
 
 
-def _fresh(pool: Path, dest: Path, spec: FeatureSpec) -> BuildResult:
-    return build_bundle(pool, dest, BuildOptions(spec=spec, jobs=1, chunk_size=5))
+def _fresh(pool: Path, dest: Path, spec: FeatureSpec, *, replace: bool = False) -> BuildResult:
+    return build_bundle(pool, dest, BuildOptions(spec=spec, jobs=1, chunk_size=5, replace=replace))
 
 
 @pytest.mark.parametrize(
@@ -163,7 +165,9 @@ def test_a_changed_spec_rebuilds_fully_and_never_mixes(new_spec: FeatureSpec, sm
     # Over a finished bundle of another spec.
     over_bundle = tmp_path / "over-bundle"
     _fresh(small_pool, over_bundle, CANNY)
-    result = _fresh(small_pool, over_bundle, new_spec)
+    with pytest.raises(StateError, match="pass --replace"):  # never silently: its renders would stop opening it
+        _fresh(small_pool, over_bundle, new_spec)
+    result = _fresh(small_pool, over_bundle, new_spec, replace=True)
     assert not result.up_to_date and result.manifest.spec_sha256 == new_spec.sha256()
     assert_same_bundle_content(over_bundle, tmp_path / "fresh")
     # Over the finished shards of a crashed build of another spec (same chunking, same pool).

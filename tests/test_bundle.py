@@ -61,11 +61,14 @@ def _flip_byte(path: Path, offset: int | None = None) -> None:
     path.write_bytes(bytes(data))
 
 
-def _edit_manifest(bundle: Path, change: Any) -> None:
-    """Rewrite the manifest through ``change(dict)``, leaving its bundle_id as it was."""
+def _edit_manifest(bundle: Path, change: Any, *, reseal: bool = False) -> None:
+    """Rewrite the manifest through ``change(dict)``; its bundle_id is left as it was, or with
+    ``reseal`` recomputed, so that a check other than the seal must catch the change."""
     path = bundle / MANIFEST
     data = json.loads(path.read_text())
     change(data)
+    if reseal:
+        data["bundle_id"] = sha256_json({k: v for k, v in data.items() if k != "bundle_id"})
     path.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
@@ -146,7 +149,7 @@ def test_manifest_file_names_must_stay_inside_the_bundle(bad_name: str, small_bu
     def add_entry(manifest: dict[str, Any]) -> None:
         manifest["files"][bad_name] = {"bytes": 1, "sha256": "0" * 64}
 
-    _edit_manifest(bundle, add_entry)
+    _edit_manifest(bundle, add_entry, reseal=True)
     with pytest.raises(BundleError, match="refuses file name"):
         open_bundle(bundle)
 
@@ -158,6 +161,9 @@ def test_an_edited_manifest_is_refused(small_bundle: Path, tmp_path: Path) -> No
         open_bundle(bundle, verify=False)
     bundle = copy_tree(small_bundle, tmp_path / "bundle2")
     _edit_manifest(bundle, lambda m: m["spec"].__setitem__("comparison_size", 128))
+    with pytest.raises(BundleError, match="bundle_id does not match"):
+        open_bundle(bundle, verify=False)
+    _edit_manifest(bundle, lambda m: None, reseal=True)  # sealed again: the spec's own hash still differs
     with pytest.raises(BundleError, match="spec_sha256"):
         open_bundle(bundle, verify=False)
 

@@ -31,7 +31,7 @@ from tests.pools import make_pool
 
 distributed = pytest.importorskip("dask.distributed")
 
-pytestmark = pytest.mark.dask
+pytestmark = [pytest.mark.dask, pytest.mark.slow]  # each module starts Dask clusters
 
 POOL_SIZE = 96
 CHUNK = 3  # many small chunks: a worker is killed while most are still to do

@@ -98,6 +98,7 @@ def degraded_queries(retrieval_pool: Path) -> dict[str, tuple[list[str], list[Im
 
 
 @pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.slow
 def test_degraded_copies_find_their_source(
     name: str,
     retrieval_pool: Path,

@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 
 from fluxframe_index.cli import main
 from shared.bundle import VECTORS, open_bundle
-from shared.errors import EXIT_BUNDLE, EXIT_INPUT, EXIT_USAGE
+from shared.errors import EXIT_BUNDLE, EXIT_INPUT, EXIT_STATE, EXIT_USAGE
 from tests.pools import copy_tree, make_pool
 
 
@@ -60,6 +60,10 @@ def test_a_second_build_says_it_has_nothing_to_do(small_pool: Path, tmp_path: Pa
     assert again.exit_code == 0
     assert "up to date (12 images, hog" in again.stdout and "nothing to do" in again.stdout
     other = ff_index("build", str(small_pool), str(tmp_path / "b"), "--jobs", "1", "--quiet", "--method", "canny")
+    assert other.exit_code == EXIT_STATE and "--replace" in other.stderr  # another spec: only on request
+    other = ff_index(
+        "build", str(small_pool), str(tmp_path / "b"), "--jobs", "1", "--quiet", "--method", "canny", "--replace"
+    )
     assert other.exit_code == 0 and "indexed 12 images" in other.stdout
 
 
@@ -119,7 +123,7 @@ def test_methods_lists_every_classic_method_ready_with_its_dims() -> None:
         ("comparison size 5", EXIT_USAGE, "'--comparison-size': 5 is not in the range"),
         ("unknown method", EXIT_USAGE, "'--method'"),
         ("bundle is a file", EXIT_USAGE, "exists and is not a folder"),
-        ("empty pool", EXIT_USAGE, "no image files found"),
+        ("empty pool", EXIT_INPUT, "no image files found"),
         ("info of no bundle", EXIT_BUNDLE, "no such bundle"),
         ("verify of a folder", EXIT_BUNDLE, "not a FluxFrame bundle"),
     ],

@@ -25,7 +25,8 @@ POOL_SIZE = 30
 VIDEO_FPS = 10.0
 VIDEO_FRAMES = 20  # two pictures, one second each
 
-pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+# slow: every test runs make, which renders whole videos through ff-render.
+pytestmark = [pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed"), pytest.mark.slow]
 
 
 @dataclass(frozen=True)

@@ -235,6 +235,7 @@ def make_extractor(tmp: Path, method: str = "efficientnet", **kw: Any) -> neural
 
 
 @pytest.mark.torch
+@pytest.mark.slow  # exports and runs the networks
 def test_export_from_shipped_lite0_weights(cache_env: Path, tmp_path: Path) -> None:
     from fluxframe_index.export import export_model
 
@@ -251,6 +252,7 @@ def test_export_from_shipped_lite0_weights(cache_env: Path, tmp_path: Path) -> N
 
 
 @pytest.mark.torch
+@pytest.mark.slow  # exports and runs the networks
 def test_onnx_output_equals_torch_on_real_images(cache_env: Path, tmp_path: Path) -> None:
     import torch
 
@@ -272,6 +274,7 @@ def test_onnx_output_equals_torch_on_real_images(cache_env: Path, tmp_path: Path
 
 
 @pytest.mark.torch
+@pytest.mark.slow  # exports and runs the networks
 def test_gem_with_p1_equals_avg(cache_env: Path, tmp_path: Path) -> None:
     avg = make_extractor(tmp_path / "avg", pooling="avg")
     gem1 = make_extractor(tmp_path / "gem", pooling="gem", gem_p=1.0)
@@ -282,6 +285,7 @@ def test_gem_with_p1_equals_avg(cache_env: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.torch
+@pytest.mark.slow  # exports and runs the networks
 def test_dimensions_and_unit_norm(cache_env: Path, mobilenet_model: Path, tmp_path: Path) -> None:
     for method, grid, dim in (("efficientnet", 2, 448), ("efficientnet", 3, 1008), ("mobilenet", 2, 192),
                               ("mobilenet", 3, 432)):  # fmt: skip
@@ -294,6 +298,7 @@ def test_dimensions_and_unit_norm(cache_env: Path, mobilenet_model: Path, tmp_pa
 
 
 @pytest.mark.torch
+@pytest.mark.slow  # exports and runs the networks
 def test_mobilenet_export_from_torchvision_layout(cache_env: Path, mobilenet_model: Path, tmp_path: Path) -> None:
     import torch
 
@@ -321,6 +326,7 @@ def test_mobilenet_export_from_torchvision_layout(cache_env: Path, mobilenet_mod
 
 
 @pytest.mark.torch
+@pytest.mark.slow  # exports and runs the networks
 def test_bad_weights_files_are_refused(model_cache: Path, tmp_path: Path) -> None:
     import torch
 
@@ -342,6 +348,7 @@ def test_bad_weights_files_are_refused(model_cache: Path, tmp_path: Path) -> Non
 
 
 @pytest.mark.torch
+@pytest.mark.slow  # exports and runs the networks
 def test_bundle_model_is_checked(cache_env: Path, tmp_path: Path) -> None:
     extractor = make_extractor(tmp_path)
     spec = extractor.spec
@@ -357,6 +364,7 @@ def test_bundle_model_is_checked(cache_env: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.torch
+@pytest.mark.slow  # exports and runs the networks
 def test_explicit_onnx_model_joins_the_cache(
     model_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -381,6 +389,7 @@ def _extract_in_worker(spec: FeatureSpec, asset_dir: Path, images: list[Image]) 
 
 
 @pytest.mark.torch
+@pytest.mark.slow  # exports and runs the networks
 def test_vectors_identical_across_processes_threads_and_batches(cache_env: Path, tmp_path: Path) -> None:
     extractor = make_extractor(tmp_path, spatial_grid=3, pooling="gem")
     images = prepared(extractor.spec, list(pool_photos().values()))
@@ -412,6 +421,7 @@ def _flip_and_colour(a: Image) -> Image:
 
 
 @pytest.mark.torch
+@pytest.mark.slow  # exports and runs the networks
 def test_retrieval_of_semantic_near_duplicates(cache_env: Path, tmp_path: Path) -> None:
     changes = {"crop": _crop, "flip": _flip, "colour": _colour, "flip+colour": _flip_and_colour}
     best = make_extractor(tmp_path / "n", spatial_grid=3, pooling="gem", gem_p=3.0)

@@ -157,19 +157,18 @@ def test_ivf_widens_only_rows_with_fewer_than_enough_unused_candidates(pool: Poo
 
 
 def test_scores_and_ranks_do_not_depend_on_the_thread_count(pool: Pool) -> None:
-    """FAISS's BLAS sums in a thread-dependent order; the head of every answer is rescored exactly."""
+    """BLAS may sum in a thread-dependent order (a machine's property, so not asserted here);
+    FluxFrame rescores the head of every answer exactly, so its answers never depend on it."""
     queries = frames(pool, 60, seed=9)
     vectors = np.asarray(pool.vectors)
     before = faiss.omp_get_max_threads()
-    answers, raw = [], []
+    answers = []
     try:
         for threads in (1, 2):
             faiss.omp_set_num_threads(threads)
             answers.append(Searcher(pool.vectors).search(queries, 10))
-            raw.append(faiss.knn(queries, vectors, 10, metric=faiss.METRIC_INNER_PRODUCT)[0])
     finally:
         faiss.omp_set_num_threads(before)
-    assert not np.array_equal(raw[0], raw[1])  # what BLAS alone gives: a few ulp apart
     (s1, i1), (s2, i2) = answers
     assert np.array_equal(i1, i2) and np.array_equal(s1, s2)
     exact = np.einsum("qd,qkd->qk", queries.astype(np.float64), vectors[i1].astype(np.float64)).astype(np.float32)
@@ -214,6 +213,7 @@ def test_limit_never_returns_ids_beyond_it(pool: Pool, limit: int, nprobe: int) 
 # -- memory-mapped opens ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_opening_a_large_bundle_maps_its_vectors_and_lists(
     real: tuple[NDArray[np.float32], tuple[Block, ...]], tmp_path: Path
 ) -> None:

@@ -21,7 +21,7 @@ def machine() -> dict[str, Any]:
     import faiss
     import numpy
 
-    from shared.images import turbojpeg_available
+    from shared.images import simplejpeg_available
 
     model = platform.processor() or platform.machine()
     try:
@@ -39,7 +39,7 @@ def machine() -> dict[str, Any]:
         "numpy": numpy.__version__,
         "faiss": faiss.__version__,
         "opencv": cv2.__version__,
-        "turbojpeg": turbojpeg_available(),
+        "simplejpeg": simplejpeg_available(),
         "date": time.strftime("%Y-%m-%d"),
     }
 
@@ -104,7 +104,7 @@ def readme_section(results: dict[str, Any]) -> str:
         [
             f"Measured by {how} on {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM, {m['date']}; "
             f"Python {m['python']}, FAISS {m['faiss']}, OpenCV {m['opencv']}, "
-            f"libjpeg-turbo {'yes' if m['turbojpeg'] else 'no'}. Largest share of the CPUs other work took "
+            f"simplejpeg {'yes' if m.get('simplejpeg') else 'no'}. Largest share of the CPUs other work took "
             f"during a measurement: {busy}. Raw figures: `{results.get('out', 'bench-out')}/results.json`.",
             "",
             markdown_table(rows),

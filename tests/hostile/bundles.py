@@ -46,6 +46,32 @@ def flip_byte(path: Path, position: int) -> None:
     path.write_bytes(bytes(data))
 
 
+def same_class_flip(byte: int) -> int | None:
+    """Another character of the same class (digit, lower or upper case letter), or None for any other byte.
+
+    Unlike ``^ 0xFF`` (never valid UTF-8, so a JSON file fails to parse before any check), the
+    changed file is still valid text and, inside a string or a number, valid JSON: only a hash
+    can tell it from the real one.
+    """
+    for first, last in ((ord("0"), ord("9")), (ord("a"), ord("z")), (ord("A"), ord("Z"))):
+        if first <= byte <= last:
+            return byte + 1 if byte < last else first
+    return None
+
+
+def change_character(path: Path, position: int) -> None:
+    """Change the first letter or digit at or after ``position`` (wrapping) to another one."""
+    data = bytearray(path.read_bytes())
+    for offset in range(len(data)):
+        where = (position + offset) % len(data)
+        replacement = same_class_flip(data[where])
+        if replacement is not None:
+            data[where] = replacement
+            path.write_bytes(bytes(data))
+            return
+    raise ValueError(f"{path} holds no letter or digit")
+
+
 def rewrite_manifest(bundle: Path, change: dict[str, Any], *, reseal: bool = True) -> None:
     """Change manifest fields; with ``reseal`` the bundle_id is recomputed, so only the change is wrong."""
     path = bundle / MANIFEST

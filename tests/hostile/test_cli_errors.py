@@ -145,6 +145,7 @@ def test_the_exit_codes_are_documented_in_the_help() -> None:
             assert f" {code} " in text, f"{prog} --help does not document exit code {code}"
 
 
+@pytest.mark.slow
 def test_expected_errors_exit_with_their_code_and_no_traceback(places: dict[str, str], tmp_path: Path) -> None:
     pool, file, clip = places["pool"], places["file"], places["clip"]
     (tmp_path / "empty").mkdir()
@@ -154,7 +155,7 @@ def test_expected_errors_exit_with_their_code_and_no_traceback(places: dict[str,
     cases: list[tuple[str, list[str | os.PathLike[str]], int, str]] = [
         ("ff-index", ["build", tmp_path / "missing", tmp_path / "b"], errors.EXIT_INPUT, "does not exist"),
         ("ff-index", ["build", file, tmp_path / "b"], errors.EXIT_INPUT, "not a folder"),
-        ("ff-index", ["build", tmp_path / "empty", tmp_path / "b"], errors.EXIT_USAGE, "no image files"),
+        ("ff-index", ["build", tmp_path / "empty", tmp_path / "b"], errors.EXIT_INPUT, "no image files"),
         ("ff-index", ["build", pool, file], errors.EXIT_USAGE, "not a folder"),
         ("ff-index", ["build", pool, tmp_path / "b", "--jobs", "0"], errors.EXIT_USAGE, "--jobs"),
         (
@@ -189,6 +190,7 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     assert len(error_lines(debug.stderr)) == 1
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_a_build_cleanly_and_the_rerun_resumes(tmp_path: Path) -> None:
     pool = tmp_path / "pool"
     write_small_pool(pool, 40)

@@ -74,6 +74,7 @@ def test_a_second_render_into_the_same_out_is_refused(media: RenderMedia, tmp_pa
     assert not (out / LOCK).exists()
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_render_is_taken_over(media: RenderMedia, tmp_path: Path) -> None:
     out = tmp_path / "out"
     first = subprocess.Popen(
@@ -89,6 +90,7 @@ def test_a_lock_left_by_a_killed_render_is_taken_over(media: RenderMedia, tmp_pa
     assert check_render_output(out)["results"] == 1
 
 
+@pytest.mark.slow
 def test_two_renders_read_one_bundle_side_by_side(media: RenderMedia, tmp_path: Path) -> None:
     outs = [tmp_path / "a", tmp_path / "b"]
     results = run_all([("ff-render", [media.clip, media.bundle, out, *RENDER_ARGS]) for out in outs])

@@ -37,6 +37,9 @@ from tests.hostile.renders import (
     results_frames,
 )
 
+# slow: real processes killed at many moments, then resumed and compared byte for byte.
+pytestmark = pytest.mark.slow
+
 POOL_IMAGES = 48
 INDEX_ARGS: list[Arg] = [*FAST_INDEX_ARGS, "--chunk-size", "2"]
 KILLS_PER_SEED = 3

@@ -174,6 +174,7 @@ _BOMB_PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_decompression_bombs_and_huge_files_cost_a_few_megabytes(built: Built, tmp_path: Path) -> None:
     """Peak RSS of a fresh process around the decodes (Linux VmHWM, reset just before)."""
     bombs = [built.pool / name for name in BOMBS]
