@@ -11,10 +11,10 @@ from typing import Any
 import click
 
 from fluxframe_index.build import BuildResult, build_bundle
-from fluxframe_index.options import EXAMPLES, QUIET_HELP, BuildCommandLine
+from fluxframe_index.options import EXAMPLES, BuildCommandLine
 from shared import __version__
 from shared.bundle import Bundle, open_bundle, verify_bundle
-from shared.cli_support import report_errors
+from shared.cli_support import QUIET_HELP, report_errors
 from shared.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 from shared.features.base import all_methods
 from shared.options import GroupedCommand, click_options, from_click

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fluxframe_index.build import BuildOptions
+from shared.cli_support import QUIET_HELP
 from shared.images import DEFAULT_MAX_PIXELS
 from shared.options import option, validate_fields
 from shared.spec import ALL_METHODS, NEURAL_METHODS, POOLINGS, FeatureSpec, parse_aspect
@@ -24,7 +25,6 @@ PARALLELISM = "Parallelism"
 OUTPUT = "Output and run"
 
 # The same meaning in ff-render: --quiet drops progress, never what needs attention.
-QUIET_HELP = "No progress output; warnings and errors still go to stderr, the one-line summary to stdout."
 
 EXAMPLES = (
     ("ff-index build ~/photos photos.bundle", "Index a folder of photos with the default (canny) features"),

@@ -75,7 +75,6 @@ def main(ctx: click.Context, /, video: Path, bundle: Path, out: Path, debug: boo
     def warn(message: str) -> None:
         click.echo(f"{PROG}: warning: {message}", err=True)
 
-    quiet = bool(values.get("progress"))  # the raw value of --quiet, the "progress" field's off-flag
     # Options that only apply with another one: say so rather than ignore them silently.
     for name, needs, applies in (
         ("demo_seconds", "--demo", bool(values.get("demo"))),
@@ -96,5 +95,4 @@ def main(ctx: click.Context, /, video: Path, bundle: Path, out: Path, debug: boo
             click.echo(f"{PROG}: {phase} stages ({timings.seconds:.2f} s):", err=True)
             for line in timings.lines():
                 click.echo(f"  {line}", err=True)
-    if not quiet:
-        click.echo(summary(result))
+    click.echo(summary(result))

@@ -15,6 +15,7 @@ from fluxframe_render.assign import ASSIGN_MODES
 from fluxframe_render.coherence import COHERENCE_MODES
 from fluxframe_render.color_transfer import COLOR_MODES
 from fluxframe_render.video import X264_PRESETS
+from shared.cli_support import QUIET_HELP
 from shared.errors import UsageError
 from shared.options import option, validate_fields
 
@@ -185,9 +186,7 @@ class RenderOptions:
     match_batch: int | None = option(
         None, "Frames per search call (default: enough for FAISS to use BLAS).", ADVANCED, minimum=1, hidden=True
     )
-    progress: bool = option(
-        True, "No progress and no summary line (warnings and errors still show).", ADVANCED, off_flag="--quiet"
-    )
+    progress: bool = option(True, QUIET_HELP, ADVANCED, off_flag="--quiet")
 
     def __post_init__(self) -> None:
         validate_fields(self)

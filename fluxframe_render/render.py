@@ -57,6 +57,7 @@ from shared.bundle import INDEX, Bundle, open_bundle
 from shared.cli_support import progress_bar
 from shared.errors import InputError, OutputError, UsageError
 from shared.features.base import normalize_weights
+from shared.own_folders import is_inside
 from shared.quality import FrameQuality, QualitySummary
 from shared.search import Searcher, UsedSet, open_ivf
 
@@ -111,14 +112,6 @@ def _ratio_text(w: float, h: float) -> str:
     return f"{a // g}:{b // g}"
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
-
-
 class _Render:
     """The inputs of one render, checked, and what the stages are built from."""
 
@@ -150,7 +143,7 @@ class _Render:
         if out.exists() and not out.is_dir():
             raise OutputError(f"the output folder {out} is a file")
         for folder, what in ((self.bundle.path, "the bundle"), (self.bundle.pool_root, "the pool")):
-            if _inside(out, folder):
+            if is_inside(out, folder):
                 raise UsageError(
                     f"the output folder {out} is inside {what} ({folder}): its frames would be indexed or mixed "
                     "with the bundle; choose a folder outside it"

@@ -19,6 +19,9 @@ from tqdm import tqdm
 from shared.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_IO, FluxFrameError
 from shared.plain_progress import PlainProgress
 
+# What --quiet means in both tools (one definition, shown in both --help texts).
+QUIET_HELP = "No progress output; warnings and errors still go to stderr, the one-line summary to stdout."
+
 # Write errors that mean no room: disk full, quota exceeded, file size limit (RLIMIT_FSIZE).
 _STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 

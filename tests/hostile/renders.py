@@ -20,7 +20,18 @@ CLIP_FPS = 10.0
 CLIP_IMAGES = 4  # one second each: 40 frames at 320x180
 CLIP_FRAMES = int(CLIP_FPS * CLIP_IMAGES)
 # Fixed seed: resumed and uninterrupted renders must choose the same images.
-RENDER_ARGS: list[str] = ["--coherence", "off", "--seed", "7", "--quiet", "--checkpoint-batch", "4"]
+# Per-frame picks and the photos as they are: these tests compare frames with pool pictures (or grey).
+RENDER_ARGS: list[str] = [
+    "--coherence",
+    "off",
+    "--color-transfer",
+    "off",
+    "--seed",
+    "7",
+    "--quiet",
+    "--checkpoint-batch",
+    "4",
+]
 
 
 @dataclass(frozen=True)
