@@ -12,16 +12,25 @@ from typing import Any
 import click
 
 from fluxframe_index.build import BuildOptions, BuildResult, build_bundle
+from fluxframe_index.compare import CompareOptions, compare_methods
 from shared import __version__
 from shared.bundle import Bundle, open_bundle, verify_bundle
 from shared.cli_support import report_errors
 from shared.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 from shared.features.base import all_methods
 from shared.images import DEFAULT_MAX_PIXELS
+from shared.options import GroupedCommand, click_options, from_click
 from shared.spec import ALL_METHODS, FeatureSpec, parse_aspect
 
 PROG = "ff-index"
 REJECTED_SHOWN = 20
+COMPARE_EXAMPLES = (
+    ("ff-index compare clip.mp4 photos/", "Compare every ready method on 5 frames and 1,000 photos"),
+    (
+        "ff-index compare clip.mp4 photos/ --frames 10 --images 3000 --methods hog,spatial_pyramid --out cmp/",
+        "Two methods, more frames and photos, the page in cmp/",
+    ),
+)
 
 debug_option = click.option("--debug", is_flag=True, help="Show the Python traceback of an error.")
 
@@ -368,3 +377,33 @@ def export_model_cmd(method: str, weights: Path | None, cache_dir: Path | None, 
 
         path = export_model(method, weights=weights, cache_dir=cache_dir)
         click.echo(f"exported {method} -> {path}")
+
+
+@main.command(
+    "compare",
+    cls=GroupedCommand,
+    prog=f"{PROG} compare",
+    examples=COMPARE_EXAMPLES,
+    context_settings={"max_content_width": 110},
+)
+@click.argument("video", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("pool", type=click.Path(path_type=Path))
+@click_options(CompareOptions)
+@debug_option
+def compare(video: Path, pool: Path, debug: bool, **values: Any) -> None:
+    """Compare the feature methods on VIDEO and a sample of POOL; write one page to choose a method by.
+
+    Builds a small bundle of every ready method over the same sample of POOL, matches a
+    few frames of VIDEO with each, and writes OUT/compare.html: every frame beside each
+    method's pick, and per method build img/s, match ms/frame, SSIM and ΔE to the frame.
+    """
+    with report_errors(PROG, debug):
+        try:
+            comparison, page = compare_methods(
+                video, pool, from_click(CompareOptions, values), report=lambda line: click.echo(line, err=True)
+            )
+        except KeyboardInterrupt:
+            click.echo(f"{PROG}: compare interrupted; its work folder was removed", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        click.echo(f"recommendation: {comparison.recommendation()}")
+        click.echo(f"open {page}")
