@@ -403,7 +403,7 @@ def compare(video: Path, pool: Path, debug: bool, **values: Any) -> None:
                 video, pool, from_click(CompareOptions, values), report=lambda line: click.echo(line, err=True)
             )
         except KeyboardInterrupt:
-            click.echo(f"{PROG}: compare interrupted; its work folder was removed", err=True)
+            click.echo(f"{PROG}: compare interrupted; its unfinished output was removed", err=True)
             sys.exit(EXIT_INTERRUPTED)
-        click.echo(f"recommendation: {comparison.recommendation()}")
+        click.echo(f"recommendation: {comparison.recommendation().line}")
         click.echo(f"open {page}")

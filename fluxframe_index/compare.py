@@ -281,6 +281,8 @@ def compare_methods(
     the work folder goes, and so does OUT when this call made it and did not finish.
     """
     started = time.perf_counter()
+    if options.out.exists() and not options.out.is_dir():
+        raise UsageError(f"--out {options.out}: exists and is not a folder")
     clip = list(spread_frames(video, options.frames))
     height, width = clip[0].image.shape[:2]
     aspect = clip_aspect(width, height)
@@ -313,7 +315,7 @@ def compare_methods(
             run = _run_method(spec, work, options.jobs, frames, queries_by_size[spec.prepared_size()])
             report(
                 f"{spec.method}: {run.build_rate:.0f} img/s, {run.match_ms_per_frame:.1f} ms/frame, "
-                f"mean SSIM {run.mean('ssim'):.3f}, ΔE {run.mean('delta_e'):.1f}"
+                f"look {run.look:.2f} (SSIM {run.mean('ssim'):.3f}, ΔE {run.mean('delta_e'):.1f})"
             )
             runs.append(run)
         comparison = Comparison(

@@ -22,6 +22,9 @@ from shared import __version__
 from shared.atomic import atomic_write_bytes
 from shared.report_html import figure_cards, img, page, section, table, text
 
+# Table cells may break anywhere (long file names); method names and numbers must not.
+_WHOLE = ' style="white-space: nowrap; overflow-wrap: normal"'
+
 
 def _duration(seconds: float) -> str:
     if seconds < 90:
@@ -60,11 +63,11 @@ def _methods_table(comparison: Comparison) -> str:
     top = max((r.look for r in runs), default=0.0)
 
     def row(run: MethodRun) -> list[str]:
-        tag = ' <span class="tag">recommended</span>' if run.method == chosen else ""
+        tag = f'<br><span class="tag"{_WHOLE}>recommended</span>' if run.method == chosen else ""
         share = 100 * max(0.0, run.look) / top if top > 0 else 0.0
         return [
-            f"<b>{text(run.method)}</b>{tag}",
-            f'<span style="white-space: nowrap">{run.dim:,}</span>',
+            f"<b{_WHOLE}>{text(run.method)}</b>{tag}",
+            f"<span{_WHOLE}>{run.dim:,}</span>",
             f"{run.build_rate:,.0f}",
             text(_duration(run.estimated_pool_seconds)),
             f"{run.match_ms_per_frame:.1f}",
@@ -87,9 +90,9 @@ def _methods_table(comparison: Comparison) -> str:
         "look ↑",
         "",
     ]
-    skipped = "".join(f"<li>{text(name)}: {text(why)}</li>" for name, why in comparison.skipped)
+    skipped = "; ".join(f"{name} ({why})" for name, why in comparison.skipped)
     return table(header, [row(r) for r in runs]) + (
-        f'<p class="note">Not compared:</p><ul>{skipped}</ul>' if skipped else ""
+        f'<p class="note">Not compared: {text(skipped)}.</p>' if skipped else ""
     )
 
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -25,7 +29,7 @@ from fluxframe_index.compare import (
 )
 from fluxframe_index.pool_sample import spread_sample
 from fluxframe_index.scan import scan_pool
-from shared.errors import EXIT_INPUT, EXIT_USAGE
+from shared.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_USAGE
 from shared.features.base import method_info
 from shared.quality import Thumbnails, delta_e
 from shared.spec import ALL_METHODS
@@ -127,9 +131,10 @@ def test_the_page_shows_every_method_for_every_frame_in_a_real_browser(clip: Pat
     assert result.exit_code == 0, result.output
     page = out / "compare.html"
     assert result.stdout.splitlines()[-1] == f"open {page}"
-    assert result.stdout.startswith("recommendation: ")
+    recommended = re.match(r"recommendation: ([a-z_]+): ", result.stdout)
     assert sorted(p.name for p in out.iterdir()) == ["compare.html"], "the work folder must go"
     methods = _ready_methods()
+    assert recommended is not None and recommended[1] in methods, result.stdout
     html = page.read_text()
     heads = re.findall(r'<div class="head">([^<]*)</div>', html)
     assert heads == ["frame", "source", *methods]
@@ -141,7 +146,7 @@ def test_the_page_shows_every_method_for_every_frame_in_a_real_browser(clip: Pat
     for name, *figures in captions:
         assert (pool / name).is_file(), name
         assert all(math.isfinite(float(f)) for f in figures)
-    rows = re.findall(r"<tr><td><b>([a-z_]+)</b>(.*?)</tr>", html)
+    rows = re.findall(r"<tr><td><b[^>]*>([a-z_]+)</b>(.*?)</tr>", html)
     assert [method for method, _ in rows] == heads[2:]
     for _, cells in rows:
         shown = [re.sub(r"<[^>]+>", "", cell).replace(",", "") for cell in re.findall(r"<td>(.*?)</td>", cells)]
@@ -178,12 +183,15 @@ def _one_error_line(result: Result) -> str:
     return lines[0]
 
 
-def test_a_missing_video_is_one_line_and_leaves_nothing(pool: Path, tmp_path: Path) -> None:
+def test_a_missing_video_or_one_that_is_not_a_video_is_one_line_and_leaves_nothing(pool: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = ff_index("compare", str(tmp_path / "nope.mp4"), str(pool), "--out", str(out))
-    assert result.exit_code == EXIT_INPUT
-    assert "video not found" in _one_error_line(result)
-    assert not out.exists()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a video\n")
+    for video, says in ((tmp_path / "nope.mp4", "video not found"), (notes, "not a video")):
+        result = ff_index("compare", str(video), str(pool), "--out", str(out))
+        assert result.exit_code == EXIT_INPUT
+        assert says in _one_error_line(result)
+        assert not out.exists()
 
 
 def test_a_pool_too_small_or_empty_is_one_line_and_leaves_nothing(clip: Path, tmp_path: Path) -> None:
@@ -204,4 +212,28 @@ def test_an_unknown_method_is_one_line_and_leaves_nothing(clip: Path, pool: Path
     result = ff_index("compare", str(clip), str(pool), "--methods", "hog,sift", "--out", str(out))
     assert result.exit_code == EXIT_USAGE
     assert "unknown method 'sift'" in _one_error_line(result)
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(clip: Path, pool: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    script = Path(sys.executable).with_name("ff-index")  # the installed console script, as users run it
+    command = [str(script)] if script.exists() else [sys.executable, "-c", "import fluxframe_index.cli as c; c.main()"]
+    run = subprocess.Popen(
+        [*command, "compare", str(clip), str(pool), "--out", str(out), "--jobs", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, which Ctrl-C in a terminal signals as a whole
+    )
+    assert run.stderr is not None
+    for line in run.stderr:
+        if ": indexing " in line:  # the work folder exists: the first bundle is being built
+            os.killpg(run.pid, signal.SIGINT)
+            break
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == EXIT_INTERRUPTED, stderr
+    assert stderr.splitlines() == ["ff-index: compare interrupted; its unfinished output was removed"]
+    assert stdout == ""
     assert not out.exists()
