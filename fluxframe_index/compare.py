@@ -14,15 +14,16 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
-
 from fluxframe_index.build import BuildOptions, BuildResult, build_bundle
 from fluxframe_index.clip_frames import ClipFrame, spread_frames
+from fluxframe_index.compare_page import write_page
+from fluxframe_index.compare_results import Comparison, FrameShot, MethodRun, Pick, Picture
+from fluxframe_index.extract import ChunkStats
 from fluxframe_index.pool_sample import link_sample, spread_sample
 from fluxframe_index.scan import scan_pool
 from shared.bundle import Bundle, open_bundle
@@ -31,7 +32,6 @@ from shared.features.base import Image, method_info, weight_query
 from shared.images import load_prepared, prepare_image
 from shared.options import option, validate_fields
 from shared.quality import Thumbnails, delta_e, ssim
-from shared.report_html import encode_jpeg, resize_to_width
 from shared.search import Searcher
 from shared.spec import ALL_METHODS, NEURAL_METHODS, FeatureSpec
 
@@ -43,17 +43,10 @@ MIN_IMAGES = 10  # fewer pool images tell nothing about a method
 MAX_FRAMES = 20  # frames are held whole until prepared: 20 4K frames are ~500 MB
 # ff-render's default weights (fluxframe_render.options.DEFAULT_WEIGHTS; the tools do not import each other).
 DEFAULT_WEIGHTS = {"edge": 0.33, "texture": 0.33, "color": 0.34}
-THUMB_WIDTH = 320  # pictures on the page
 PICK_WIDTH = 640  # a pick is loaded at the frame's aspect, at most this wide (the metrics use 64x36)
-POOL_FOR_ESTIMATE = 500_000
 # A few frames match in milliseconds: the best of a few runs, so that a neighbour's burst on a
 # shared machine is not taken for the method's cost.
 MATCH_REPEATS = 3
-# Within this share of the best look, a faster method is the better buy.
-CLOSE_TO_BEST = 0.10
-# What two unrelated pictures score (measured on real footage, docs of shared.quality): the zero of look_score.
-RANDOM_SSIM = 0.06
-RANDOM_DELTA_E = 53.0
 
 
 @dataclass(frozen=True)
@@ -103,137 +96,6 @@ class CompareOptions:
             if name not in ALL_METHODS:
                 raise UsageError(f"--methods: unknown method {name!r}; choose from {', '.join(ALL_METHODS)}")
         return list(dict.fromkeys(names))
-
-
-@dataclass(frozen=True)
-class Picture:
-    """A JPEG for the page and its size in pixels."""
-
-    jpeg: bytes
-    size: tuple[int, int]  # (width, height)
-
-    @classmethod
-    def of(cls, image: Image) -> Picture:
-        small = resize_to_width(image, THUMB_WIDTH)
-        return cls(encode_jpeg(small), (small.shape[1], small.shape[0]))
-
-
-@dataclass(frozen=True)
-class FrameShot:
-    """A frame of the clip as the comparison keeps it: thumbnails, never the whole frame."""
-
-    position: int
-    time: float
-    size: tuple[int, int]  # (width, height) of the frame as decoded, upright
-    picture: Picture
-    thumbnails: Thumbnails
-
-
-@dataclass(frozen=True)
-class Pick:
-    """One method's best image for one frame, and how much it looks like the frame."""
-
-    image_id: int
-    name: str  # path relative to the pool
-    score: float
-    ssim: float
-    delta_e: float
-    picture: Picture
-
-
-@dataclass(frozen=True)
-class MethodRun:
-    """What one method cost and gave."""
-
-    method: str
-    dim: int
-    images: int  # indexed (the sample less any file that would not decode)
-    build_seconds: float
-    worker_seconds: float  # read + decode + features summed over the build's workers
-    jobs: int
-    match_seconds: float  # describe + search of every frame
-    picks: list[Pick]
-
-    @property
-    def build_rate(self) -> float:
-        return self.images / self.build_seconds if self.build_seconds > 0 else 0.0
-
-    @property
-    def match_ms_per_frame(self) -> float:
-        return 1000 * self.match_seconds / max(1, len(self.picks))
-
-    @property
-    def estimated_pool_seconds(self) -> float:
-        """Seconds to index POOL_FOR_ESTIMATE images at this build's per-image cost, on ``jobs`` workers."""
-        return POOL_FOR_ESTIMATE * self.worker_seconds / max(1, self.images) / self.jobs
-
-    @property
-    def look(self) -> float:
-        return look_score(self.mean("ssim"), self.mean("delta_e"))
-
-    def mean(self, name: str) -> float:
-        return float(np.mean([getattr(p, name) for p in self.picks])) if self.picks else math.nan
-
-
-@dataclass(frozen=True)
-class Comparison:
-    video: Path
-    pool: Path
-    pool_images: int  # image files found in the pool
-    aspect: tuple[int, int]  # the clip's, which every bundle is built at
-    frames: list[FrameShot]
-    runs: list[MethodRun]
-    skipped: list[tuple[str, str]]  # (method, why)
-    seconds: float
-
-    @property
-    def sample(self) -> int:
-        return max((r.images for r in self.runs), default=0)
-
-    def recommendation(self) -> Recommendation:
-        return recommend(self.runs)
-
-
-def look_score(ssim_value: float, delta_e_value: float) -> float:
-    """SSIM and ΔE in one figure: each scaled from random pictures (0) to the frame itself (1), then averaged.
-
-    Neither alone will do: SSIM is grey, so a hue-shifted photo of the right layout scores
-    0.99; ΔE is colour at 16x9, blind to shapes.
-    """
-    structure = (ssim_value - RANDOM_SSIM) / (1 - RANDOM_SSIM)
-    colour = (RANDOM_DELTA_E - delta_e_value) / RANDOM_DELTA_E
-    return (structure + colour) / 2
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    method: str  # the one to use
-    best_look: str  # the method that looks most like the frames (the same when nothing close builds faster)
-    line: str
-
-
-def recommend(runs: Sequence[MethodRun]) -> Recommendation:
-    """The method with the best look, or the fastest to build within CLOSE_TO_BEST of that look."""
-    if not runs:
-        raise ValueError("no method to recommend")
-    best = max(runs, key=lambda r: r.look)
-    close = [r for r in runs if r.look >= best.look - CLOSE_TO_BEST * abs(best.look)]
-    fastest = max(close, key=lambda r: r.build_rate)
-    look = f"look {best.look:.2f}: SSIM {best.mean('ssim'):.3f}, ΔE {best.mean('delta_e'):.1f}"
-    if fastest is best:
-        others = (
-            "no other method comes within 10 % of it"
-            if len(close) == 1
-            else "the fastest build of the methods within 10 % of it"
-        )
-        return Recommendation(best.method, best.method, f"{best.method}: the best look ({look}); {others}")
-    speedup = fastest.build_rate / best.build_rate if best.build_rate > 0 else math.inf
-    line = (
-        f"{fastest.method}: within 10 % of the best look ({fastest.look:.2f} vs {best.method}'s {best.look:.2f}) "
-        f"and it builds {speedup:.1f}x faster ({fastest.build_rate:.0f} vs {best.build_rate:.0f} img/s); "
-        f"{best.method} if the look matters more than time"
-    )
-    return Recommendation(fastest.method, best.method, line)
 
 
 Report = Callable[[str], None]
@@ -298,21 +160,23 @@ def compare_methods(
         report(f"the pool holds {len(sample)} images: each method indexes all of them")
 
     out = options.out
-    made_out = not out.exists()
+    made = _first_missing(out)  # removed again if the comparison does not finish
     work = out / WORK_NAME
     finished = False
     try:
         out.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(work, ignore_errors=True)  # left by a killed run
-        link_sample(scan.root, sample, work / "sample")
+        sampled = _Sample(pool, work / "sample", len(sample))
+        link_sample(scan.root, sample, sampled.folder)
         prepared = {spec.prepared_size() for spec in specs}
         frames, queries_by_size = _keep(clip, prepared)
         del clip  # only thumbnails and prepared frames from here on
-        _warm_up_workers(specs[0], work, options.jobs)
+        if options.jobs > 1:
+            _warm_up_workers(specs[0], work, sampled, options.jobs)
         runs = []
         for spec in specs:
             report(f"{spec.method}: indexing {len(sample)} images ...")
-            run = _run_method(spec, work, options.jobs, frames, queries_by_size[spec.prepared_size()])
+            run = _run_method(spec, work, sampled, options.jobs, frames, queries_by_size[spec.prepared_size()])
             report(
                 f"{spec.method}: {run.build_rate:.0f} img/s, {run.match_ms_per_frame:.1f} ms/frame, "
                 f"look {run.look:.2f} (SSIM {run.mean('ssim'):.3f}, ΔE {run.mean('delta_e'):.1f})"
@@ -326,18 +190,27 @@ def compare_methods(
             frames=frames,
             runs=runs,
             skipped=skipped,
+            weights=DEFAULT_WEIGHTS,
             seconds=time.perf_counter() - started,
         )
-        from fluxframe_index.compare_page import write_page
-
         page = out / PAGE_NAME
         write_page(comparison, page)
         finished = True
         return comparison, page
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        if made_out and not finished:
-            shutil.rmtree(out, ignore_errors=True)
+        if made is not None and not finished:
+            shutil.rmtree(made, ignore_errors=True)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder that making ``path`` would create (None when it exists)."""
+    missing = None
+    for folder in (path, *path.absolute().parents):
+        if folder.exists():
+            return missing
+        missing = folder
+    return missing
 
 
 def _keep(
@@ -358,24 +231,49 @@ def _keep(
     return shots, prepared
 
 
-def _warm_up_workers(spec: FeatureSpec, work: Path, jobs: int) -> None:
+def _warm_up_workers(spec: FeatureSpec, work: Path, sample: _Sample, jobs: int) -> None:
     """Start the build's worker processes (and their imports) before any build is timed.
 
     The first build would otherwise pay the start-up alone (~2 s on 2 cores, measured) and
     look slower than the same method measured second.
     """
     warm_up = BuildOptions(spec=spec, jobs=jobs, chunk_size=1, limit=2 * jobs)
-    build_bundle(work / "sample", work / "warm-up", warm_up)
+    _build(sample, work / "warm-up", warm_up)
 
 
-def _run_method(spec: FeatureSpec, work: Path, jobs: int, frames: list[FrameShot], prepared: list[Image]) -> MethodRun:
-    sample_dir = work / "sample"
-    count = sum(1 for p in sample_dir.rglob("*") if not p.is_dir())
+@dataclass(frozen=True)
+class _Sample:
+    pool: Path  # as the user named it
+    folder: Path  # the links to the sampled files
+    count: int
+
+
+def _build(sample: _Sample, dest: Path, options: BuildOptions) -> BuildResult:
+    """build_bundle over the sample; a sample of which nothing decodes is named as the user knows it."""
+    decoded = 0
+
+    def count(stats: ChunkStats) -> None:
+        nonlocal decoded
+        decoded += stats.ok
+
+    try:
+        return build_bundle(sample.folder, dest, options, on_chunk=count)
+    except UsageError:
+        if decoded:
+            raise
+        raise UsageError(
+            f"{sample.pool}: none of the {sample.count} sampled image files could be decoded "
+            "(`ff-index build` on the pool lists each file's reason)"
+        ) from None
+
+
+def _run_method(
+    spec: FeatureSpec, work: Path, sample: _Sample, jobs: int, frames: list[FrameShot], prepared: list[Image]
+) -> MethodRun:
+    """Build ``spec``'s bundle over the sample, match the frames with it, measure the picks."""
     # Small chunks keep every worker busy on a small sample (a whole sample in one chunk is one worker's job).
-    chunk = max(8, min(256, math.ceil(count / (4 * jobs))))
-    built = build_bundle(
-        sample_dir, work / "bundles" / spec.method, BuildOptions(spec=spec, jobs=jobs, chunk_size=chunk)
-    )
+    chunk = max(8, min(256, math.ceil(sample.count / (4 * jobs))))
+    built = _build(sample, work / "bundles" / spec.method, BuildOptions(spec=spec, jobs=jobs, chunk_size=chunk))
     bundle = open_bundle(built.bundle, verify=False)
     extractor = bundle.extractor()
     searcher = Searcher(bundle.vectors)

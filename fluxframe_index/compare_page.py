@@ -10,9 +10,8 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from fluxframe_index.compare import (
+from fluxframe_index.compare_results import (
     CLOSE_TO_BEST,
-    DEFAULT_WEIGHTS,
     POOL_FOR_ESTIMATE,
     Comparison,
     MethodRun,
@@ -119,7 +118,7 @@ def _sheet(comparison: Comparison) -> str:
 def render_page(comparison: Comparison) -> str:
     """The page as a string."""
     c = comparison
-    weights = ", ".join(f"{name} {weight:g}" for name, weight in DEFAULT_WEIGHTS.items())
+    weights = ", ".join(f"{name} {weight:g}" for name, weight in c.weights.items())
     sample = (
         f"all {c.sample:,} images of the pool"
         if c.sample >= c.pool_images

@@ -17,13 +17,13 @@ from click.testing import CliRunner, Result
 
 from fluxframe_index.cli import main
 from fluxframe_index.clip_frames import spread_frames
-from fluxframe_index.compare import (
+from fluxframe_index.compare import clip_aspect
+from fluxframe_index.compare_results import (
     RANDOM_DELTA_E,
     RANDOM_SSIM,
     MethodRun,
     Pick,
     Picture,
-    clip_aspect,
     look_score,
     recommend,
 )
@@ -237,3 +237,20 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(clip: Path, pool: Path, 
     assert stderr.splitlines() == ["ff-index: compare interrupted; its unfinished output was removed"]
     assert stdout == ""
     assert not out.exists()
+
+
+def test_a_pool_of_broken_files_fails_in_one_line_and_removes_the_folders_it_made(clip: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    whole = make_pool(tmp_path / "whole", 1, seed=2, max_side=320)[0].read_bytes()
+    for i in range(12):
+        (broken / f"cut-{i:02d}.jpg").parent.mkdir(exist_ok=True)
+        (broken / f"cut-{i:02d}.jpg").write_bytes(whole[: len(whole) // 3])  # a failed copy: only the top third
+    result = ff_index("compare", str(clip), str(broken), "--out", str(tmp_path / "new" / "out"), "--jobs", "1")
+    assert result.exit_code == EXIT_USAGE
+    error = result.stderr.splitlines()[-1]
+    assert error == (
+        f"ff-index: error: {broken}: none of the 12 sampled image files could be decoded "
+        "(`ff-index build` on the pool lists each file's reason)"
+    )
+    assert result.stdout == ""
+    assert not (tmp_path / "new").exists()
