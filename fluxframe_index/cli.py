@@ -391,7 +391,7 @@ def export_model_cmd(method: str, weights: Path | None, cache_dir: Path | None, 
 @click_options(CompareOptions)
 @debug_option
 def compare(video: Path, pool: Path, debug: bool, **values: Any) -> None:
-    """Compare the feature methods on VIDEO and a sample of POOL; write one page to choose a method by.
+    """Compare the methods on VIDEO and a sample of POOL: one page to choose a method by.
 
     Builds a small bundle of every ready method over the same sample of POOL, matches a
     few frames of VIDEO with each, and writes OUT/compare.html: every frame beside each

@@ -120,9 +120,7 @@ def _specs(
     for name in methods if methods is not None else list(ALL_METHODS):
         ready, command = method_info(name).readiness()
         if not ready:
-            why = f"its model is not exported (run `{command}`)"
-            skipped.append((name, why))
-            report(f"skipping {name}: {why}")
+            skipped.append((name, f"its model is not exported: run `{command}`"))
             continue
         model_sha = ""
         if name in NEURAL_METHODS:
@@ -130,6 +128,9 @@ def _specs(
 
             _, model_sha = resolve_model(name)
         specs.append(FeatureSpec(method=name, aspect_w=aspect[0], aspect_h=aspect[1], model_sha256=model_sha))
+    if skipped:
+        names = " and ".join(name for name, _ in skipped)
+        report(f"skipping {names}: no exported model (`ff-index methods` says how to export one)")
     return specs, skipped
 
 

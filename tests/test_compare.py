@@ -215,7 +215,6 @@ def test_an_unknown_method_is_one_line_and_leaves_nothing(clip: Path, pool: Path
     assert not out.exists()
 
 
-@pytest.mark.slow
 def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(clip: Path, pool: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     script = Path(sys.executable).with_name("ff-index")  # the installed console script, as users run it
