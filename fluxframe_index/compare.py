@@ -22,7 +22,7 @@ from pathlib import Path
 from fluxframe_index.build import BuildOptions, BuildResult, build_bundle
 from fluxframe_index.clip_frames import ClipFrame, spread_frames
 from fluxframe_index.compare_page import write_page
-from fluxframe_index.compare_results import Comparison, FrameShot, MethodRun, Pick, Picture
+from fluxframe_index.compare_results import Comparison, FrameShot, MethodRun, Pick, Picture, duration_text
 from fluxframe_index.extract import ChunkStats
 from fluxframe_index.pool_sample import link_sample, spread_sample
 from fluxframe_index.scan import scan_pool
@@ -179,7 +179,8 @@ def compare_methods(
             report(f"{spec.method}: indexing {len(sample)} images ...")
             run = _run_method(spec, work, sampled, options.jobs, frames, queries_by_size[spec.prepared_size()])
             report(
-                f"{spec.method}: {run.build_rate:.0f} img/s, {run.match_ms_per_frame:.1f} ms/frame, "
+                f"{spec.method}: {run.build_rate:.0f} img/s (500K ≈ {duration_text(run.estimated_pool_seconds)}), "
+                f"{run.match_ms_per_frame:.1f} ms/frame, "
                 f"look {run.look:.2f} (SSIM {run.mean('ssim'):.3f}, ΔE {run.mean('delta_e'):.1f})"
             )
             runs.append(run)

@@ -16,6 +16,7 @@ from fluxframe_index.compare_results import (
     Comparison,
     MethodRun,
     Picture,
+    duration_text,
 )
 from shared import __version__
 from shared.atomic import atomic_write_bytes
@@ -23,14 +24,6 @@ from shared.report_html import figure_cards, img, page, section, table, text
 
 # Table cells may break anywhere (long file names); method names and numbers must not.
 _WHOLE = ' style="white-space: nowrap; overflow-wrap: normal"'
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _time(seconds: float) -> str:
@@ -49,7 +42,7 @@ def _verdict(comparison: Comparison) -> str:
             ("methods compared", str(len(c.runs))),
             ("frames matched", str(len(c.frames))),
             ("pool images per method", f"{c.sample:,} of {c.pool_images:,}"),
-            ("comparison took", _duration(c.seconds)),
+            ("comparison took", duration_text(c.seconds)),
         ]
     )
     line = f'<p style="font-size: 17px; margin: 16px 0 0"><b>Recommendation:</b> {text(c.recommendation().line)}.</p>'
@@ -68,7 +61,7 @@ def _methods_table(comparison: Comparison) -> str:
             f"<b{_WHOLE}>{text(run.method)}</b>{tag}",
             f"<span{_WHOLE}>{run.dim:,}</span>",
             f"{run.build_rate:,.0f}",
-            text(_duration(run.estimated_pool_seconds)),
+            text(duration_text(run.estimated_pool_seconds)),
             f"{run.match_ms_per_frame:.1f}",
             f"{run.mean('score'):.3f}",
             f"{run.mean('delta_e'):.1f}",
@@ -130,7 +123,7 @@ def render_page(comparison: Comparison) -> str:
         "per-image extraction time on the same workers. Match is describe + search, per frame. SSIM (higher is "
         "better) and ΔE (lower is better) compare each pick, cropped as ff-render shows it, with the frame; look "
         "averages the two, each scaled from random pictures (0) to the frame itself (1). The recommendation is "
-        f"the best look, or the fastest build within {CLOSE_TO_BEST:.0%} of it."
+        f"the best look, or the fastest to index {POOL_FOR_ESTIMATE:,} images within {CLOSE_TO_BEST:.0%} of it."
     )
     sheet_note = (
         f"{len(c.frames)} frames spread over the clip; each method's best match (weights {weights}), "
