@@ -35,7 +35,7 @@ from shared.quality import Thumbnails, delta_e
 from shared.spec import ALL_METHODS
 from tests.browser import find_chromium, open_page
 from tests.media import make_test_video, rotate_mp4_display, skimage_images
-from tests.pools import make_pool
+from tests.pools import make_pool, write_jpeg
 
 SCREENSHOT = Path("/tmp/compare.png")
 CLIP_SIZE = (320, 180)
@@ -263,3 +263,20 @@ def test_a_pool_of_broken_files_fails_in_one_line_and_removes_the_folders_it_mad
     )
     assert result.stdout == ""
     assert not (tmp_path / "new").exists()
+
+
+def test_a_file_name_that_is_not_utf8_or_is_html_is_shown_safely(clip: Path, tmp_path: Path) -> None:
+    pool = tmp_path / "pool"
+    make_pool(pool, 11, seed=5, max_side=480)
+    # The picture in the middle of the clip (coffee) itself, under a Latin-1 name with markup in it:
+    # the one frame matched, from the middle of the clip, picks it.
+    name = os.fsdecode(b'<script>"caf\xe9.jpg')
+    write_jpeg(pool / name, np.asarray(cv2.resize(skimage_images()[1], CLIP_SIZE), dtype=np.uint8))
+    out = tmp_path / "out"
+    result = ff_index(
+        "compare", str(clip), str(pool), "--frames", "1", "--methods", "canny", "--out", str(out), "--jobs", "1"
+    )
+    assert result.exit_code == 0, result.output
+    html = (out / "compare.html").read_text(encoding="utf-8")
+    assert '<span class="name">&lt;script&gt;&quot;caf\ufffd.jpg</span>' in html
+    assert "<script>" not in html
