@@ -36,6 +36,7 @@ class Picture:
 
     @classmethod
     def of(cls, image: Image) -> Picture:
+        """``image`` (BGR) scaled to the page's THUMB_WIDTH and JPEG-encoded."""
         small = resize_to_width(image, THUMB_WIDTH)
         return cls(encode_jpeg(small), (small.shape[1], small.shape[0]))
 
@@ -99,6 +100,8 @@ class MethodRun:
 
 @dataclass(frozen=True)
 class Comparison:
+    """Everything the page shows: the frames, each method's run, and what could not run."""
+
     video: Path
     pool: Path
     pool_images: int  # image files found in the pool
