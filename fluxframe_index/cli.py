@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from fluxframe_index.build import BuildResult, build_bundle
+from fluxframe_index.compare import CompareOptions, compare_methods
 from fluxframe_index.options import EXAMPLES, BuildCommandLine
 from shared import __version__
 from shared.bundle import Bundle, open_bundle, verify_bundle
@@ -22,6 +23,13 @@ from shared.spec import FeatureSpec
 
 PROG = "ff-index"
 REJECTED_SHOWN = 20
+COMPARE_EXAMPLES = (
+    ("ff-index compare clip.mp4 photos/", "Compare every ready method on 5 frames and 1,000 photos"),
+    (
+        "ff-index compare clip.mp4 photos/ --frames 10 --images 3000 --methods hog,spatial_pyramid --out cmp/",
+        "Two methods, more frames and photos, the page in cmp/",
+    ),
+)
 
 debug_option = click.option("--debug", is_flag=True, help="Show the Python traceback of an error.")
 
@@ -267,3 +275,33 @@ def export_model_cmd(method: str, weights: Path | None, cache_dir: Path | None, 
 
         path = export_model(method, weights=weights, cache_dir=cache_dir)
         click.echo(f"exported {method} -> {path}")
+
+
+@main.command(
+    "compare",
+    cls=GroupedCommand,
+    prog=f"{PROG} compare",
+    examples=COMPARE_EXAMPLES,
+    context_settings={"max_content_width": 110},
+)
+@click.argument("video", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("pool", type=click.Path(path_type=Path))
+@click_options(CompareOptions)
+@debug_option
+def compare(video: Path, pool: Path, debug: bool, **values: Any) -> None:
+    """Compare the methods on VIDEO and a sample of POOL: one page to choose a method by.
+
+    Builds a small bundle of every ready method over the same sample of POOL, matches a
+    few frames of VIDEO with each, and writes OUT/compare.html: every frame beside each
+    method's pick, and per method build img/s, match ms/frame, SSIM and ΔE to the frame.
+    """
+    with report_errors(PROG, debug):
+        try:
+            comparison, page = compare_methods(
+                video, pool, from_click(CompareOptions, values), report=lambda line: click.echo(line, err=True)
+            )
+        except KeyboardInterrupt:
+            click.echo(f"{PROG}: compare interrupted; its unfinished output was removed", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        click.echo(f"recommendation: {comparison.recommendation().line}")
+        click.echo(f"open {page}")

@@ -17,9 +17,9 @@ from fluxframe_render.color_transfer import COLOR_MODES
 from fluxframe_render.video import X264_PRESETS
 from shared.cli_support import QUIET_HELP
 from shared.errors import UsageError
+from shared.features.base import DEFAULT_WEIGHTS
 from shared.options import option, validate_fields
 
-DEFAULT_WEIGHTS = (0.33, 0.33, 0.34)
 # Smooth and hold choose among at least this many candidates per frame: the look bench's setting.
 COHERENCE_CANDIDATES = 32
 
@@ -37,10 +37,10 @@ class RenderOptions:
     """Every ff-render option; the command line's flags are generated from these fields."""
 
     # -- matching ---------------------------------------------------------------------------------
-    edge_weight: float = option(DEFAULT_WEIGHTS[0], "Weight of edge similarity.", MATCHING, minimum=0)
-    texture_weight: float = option(DEFAULT_WEIGHTS[1], "Weight of texture similarity.", MATCHING, minimum=0)
+    edge_weight: float = option(DEFAULT_WEIGHTS["edge"], "Weight of edge similarity.", MATCHING, minimum=0)
+    texture_weight: float = option(DEFAULT_WEIGHTS["texture"], "Weight of texture similarity.", MATCHING, minimum=0)
     color_weight: float = option(
-        DEFAULT_WEIGHTS[2],
+        DEFAULT_WEIGHTS["color"],
         "Weight of colour similarity (weights are normalised to sum to 1; neural bundles ignore them).",
         MATCHING,
         minimum=0,

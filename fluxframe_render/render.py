@@ -41,7 +41,7 @@ from fluxframe_render.color_transfer import ColorParams, ColorTransfer
 from fluxframe_render.compose import JpegWriter, MatchedImages
 from fluxframe_render.lock import OutputLock
 from fluxframe_render.match import Batch, Describe, FrameMatcher, Scenes, Search, VideoFrames, auto_match_batch
-from fluxframe_render.options import COHERENCE_CANDIDATES, DEFAULT_WEIGHTS, RenderOptions, parse_grid
+from fluxframe_render.options import COHERENCE_CANDIDATES, RenderOptions, parse_grid
 from fluxframe_render.output import ChoiceFrames, Colour, FullFrame, OutputFrame, Quality
 from fluxframe_render.pipeline import Runner, RunTimings, Stage
 from fluxframe_render.policies import GlobalAssign, Hold, PerFrame, Policy, Smooth
@@ -61,7 +61,7 @@ from shared.own_folders import is_inside
 from shared.quality import FrameQuality, QualitySummary
 from shared.search import Searcher, UsedSet, open_ivf
 
-__all__ = ["DEFAULT_WEIGHTS", "RenderOptions", "RenderResult", "render"]
+__all__ = ["RenderOptions", "RenderResult", "render"]
 
 RESULTS_NAME = "results.json"
 REPORT_NAME = "report.html"

@@ -111,6 +111,10 @@ def finish_blocks(blocks: Sequence[NDArray[np.float32]]) -> Vectors:
     return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
 
 
+# The edge / texture / colour weights a query uses unless told otherwise (ff-render, ff-index compare).
+DEFAULT_WEIGHTS: dict[str, float] = {"edge": 0.33, "texture": 0.33, "color": 0.34}
+
+
 def normalize_weights(blocks: Sequence[Block], weights: dict[str, float]) -> dict[str, float]:
     """Weights for the blocks present, normalised to sum to 1 (neural: one block, weight 1)."""
     names = [b.name for b in blocks]
