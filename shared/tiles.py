@@ -95,11 +95,14 @@ def describe_tiles(tiles: Tiles, grid: int = DESCRIPTOR_GRID) -> Descriptors:
         raise ValueError(f"tile side {side} is not a multiple of the grid {grid}")
     if n == 0:
         return np.zeros((0, grid * grid * LAB_CHANNELS), dtype=np.float32)
-    # One tall image through OpenCV's colour conversion (a per-pixel map) instead of n calls.
+    # The tiles stacked as one tall image: one colour conversion and one block-average call
+    # instead of n of each (numpy's mean over strided axes cost 1 ms a tile, measured).
+    # INTER_AREA at an integer factor is the exact mean of each side/grid block, and no
+    # block straddles two tiles.
     flat = np.ascontiguousarray(tiles).reshape(n * side, side, 3).astype(np.float32) * np.float32(1 / 255)
-    lab = cv2.cvtColor(flat, cv2.COLOR_BGR2Lab).reshape(n, grid, side // grid, grid, side // grid, 3)
-    means = lab.mean(axis=(2, 4), dtype=np.float64)  # [n, grid, grid, 3]
-    descriptors: Descriptors = (means.reshape(n, -1) / grid).astype(np.float32)
+    lab = cv2.cvtColor(flat, cv2.COLOR_BGR2Lab)
+    means = cv2.resize(lab, (grid, n * grid), interpolation=cv2.INTER_AREA)  # [n * grid, grid, 3]
+    descriptors: Descriptors = np.ascontiguousarray(means.reshape(n, -1) * np.float32(1 / grid), dtype=np.float32)
     return descriptors
 
 
