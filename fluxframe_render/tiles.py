@@ -85,6 +85,9 @@ def frame_cells(frame: NDArray[np.uint8], geometry: CellGeometry, tile_size: int
     """uint8 [cells, s, s, 3]: each cell of the frame resized to the atlas tile size, row-major."""
     if frame.shape[:2] != (geometry.height, geometry.width):
         raise ValueError(f"frame is {frame.shape[1]}x{frame.shape[0]}, geometry is {geometry.width}x{geometry.height}")
+    uniform = geometry.width % geometry.cols == 0 and geometry.height % geometry.rows == 0
+    if uniform and geometry.width // geometry.cols >= tile_size and geometry.height // geometry.rows >= tile_size:
+        return _uniform_cells(frame, geometry, tile_size)
     out = np.empty((geometry.cells, tile_size, tile_size, 3), dtype=np.uint8)
     for i, (x0, y0, x1, y1) in enumerate(geometry.boxes()):
         cell = frame[y0:y1, x0:x1]
@@ -94,6 +97,20 @@ def frame_cells(frame: NDArray[np.uint8], geometry: CellGeometry, tile_size: int
             cell, (tile_size, tile_size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
         )
     return out
+
+
+def _uniform_cells(frame: NDArray[np.uint8], geometry: CellGeometry, tile_size: int) -> NDArray[np.uint8]:
+    """frame_cells for cells of one size at least the tile's, by one resize of the whole frame.
+
+    (576 separate resizes took 15 ms a 1280x720 frame.) Every cell edge falls on an output
+    pixel edge and an area resize averages only the source pixels under each output pixel,
+    so each cell of the result is exactly that cell shrunk on its own (tested). Enlarging
+    is bilinear, which would blend neighbouring cells: those go through the per-cell path.
+    """
+    cols, rows = geometry.cols, geometry.rows
+    whole = cv2.resize(frame, (cols * tile_size, rows * tile_size), interpolation=cv2.INTER_AREA)
+    cells = whole.reshape(rows, tile_size, cols, tile_size, 3).transpose(0, 2, 1, 3, 4)
+    return np.ascontiguousarray(cells.reshape(geometry.cells, tile_size, tile_size, 3), dtype=np.uint8)
 
 
 def describe_frame(frame: NDArray[np.uint8], geometry: CellGeometry, tiles: TileSpec) -> Descriptors:

@@ -106,6 +106,18 @@ def test_cells_cover_the_frame_exactly(length: int, count: int) -> None:
     assert sizes.max() - sizes.min() <= 1
 
 
+@pytest.mark.parametrize(("size", "grid"), [((1280, 720), (32, 18)), ((330, 190), (8, 6)), ((160, 90), (8, 6))])
+def test_frame_cells_are_each_cell_resized_on_its_own(size: tuple[int, int], grid: tuple[int, int]) -> None:
+    frame = _frame(0, *size)
+    geometry = CellGeometry.for_frame(*size, grid)
+    expected = []
+    for x0, y0, x1, y1 in geometry.boxes():
+        shrink = x1 - x0 >= SPEC.size and y1 - y0 >= SPEC.size
+        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        expected.append(cv2.resize(frame[y0:y1, x0:x1], (SPEC.size, SPEC.size), interpolation=interpolation))
+    assert np.array_equal(frame_cells(frame, geometry, SPEC.size), np.stack(expected))
+
+
 def test_a_grid_finer_than_the_frame_is_refused() -> None:
     with pytest.raises(UsageError, match="more cells"):
         CellGeometry.for_frame(20, 10, (21, 5))
