@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
@@ -31,6 +32,8 @@ from shared.atomic import atomic_write_json
 from shared.bundle import (
     INDEX,
     REJECTED,
+    TILE_INDEX,
+    TILES,
     VECTORS,
     IndexInfo,
     Manifest,
@@ -243,6 +246,8 @@ def seal_bundle(
     index_info = IndexInfo()
     if options.index_kind == "ivf":
         index_info = build_ivf_index(work / VECTORS, work / INDEX, nlist=options.ivf_nlist, progress=options.progress)
+        if options.tiles is not None:
+            build_tile_ivf(work, options.progress)
     return finalize_bundle(
         work,
         dest,
@@ -257,6 +262,11 @@ def seal_bundle(
         index=index_info,
         extra={"request": options.request(), **extra},
     )
+
+
+def build_tile_ivf(work: Path, progress: bool) -> IndexInfo:
+    """An L2 IVF index over work/tiles.npy: a 1M-image render's 14,400 cell queries a second need it."""
+    return build_ivf_index(work / TILES, work / TILE_INDEX, nlist=None, progress=progress, metric=faiss.METRIC_L2)
 
 
 def _extensions() -> list[str]:

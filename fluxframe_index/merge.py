@@ -18,16 +18,27 @@ import numpy as np
 import pyarrow as pa
 
 from fluxframe_index.assemble import IMAGE_COLUMNS, RowRun, sort_key, write_rejected, write_rows
-from fluxframe_index.build import BuildResult, bundle_lock, discard_staging, staging_dir
+from fluxframe_index.build import BuildResult, build_tile_ivf, bundle_lock, discard_staging, staging_dir
 from fluxframe_index.ivf import build_ivf_index
 from fluxframe_index.scan import ScanRejection
-from shared.bundle import ATLAS, INDEX, REJECTED, TILES, VECTORS, Bundle, IndexInfo, finalize_bundle, open_bundle
+from shared.bundle import (
+    ATLAS,
+    INDEX,
+    REJECTED,
+    TILE_INDEX,
+    TILES,
+    VECTORS,
+    Bundle,
+    IndexInfo,
+    finalize_bundle,
+    open_bundle,
+)
 from shared.errors import UsageError
 from shared.hashing import sha256_json
 
 RUN_ROWS = 4096
 # Files with one row per image: assembled from the inputs' rows, never copied from one input.
-ROW_FILES = (VECTORS, ATLAS, TILES)
+ROW_FILES = (VECTORS, ATLAS, TILES, TILE_INDEX)
 
 
 def _prefix(root: Path, common: Path) -> str:
@@ -109,6 +120,8 @@ def _merge_bundles(
     index_info = IndexInfo()
     if index_kind == "ivf":
         index_info = build_ivf_index(work / VECTORS, work / INDEX, nlist=ivf_nlist, progress=progress)
+        if tiles is not None:
+            build_tile_ivf(work, progress)
     manifest = finalize_bundle(
         work,
         dest,

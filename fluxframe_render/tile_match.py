@@ -72,13 +72,36 @@ class TileFrame:
 
 
 class TileIndex:
-    """Exact nearest tiles by L2 over a [n, d] descriptor matrix (memory-mapped is fine)."""
+    """Nearest tiles by L2 over a [n, d] descriptor matrix (memory-mapped is fine): exact in
+    blocks, or through an L2 IVF index (the bundle's tiles.faiss) with exact re-ranking.
 
-    def __init__(self, descriptors: NDArray[np.float32], *, block_rows: int = DEFAULT_BLOCK_ROWS) -> None:
+    IVF rows whose probed lists hold fewer than the candidates asked for are searched
+    exactly, so a cell never gets fewer candidates than the pool can give.
+    """
+
+    def __init__(
+        self,
+        descriptors: NDArray[np.float32],
+        *,
+        block_rows: int = DEFAULT_BLOCK_ROWS,
+        ivf: faiss.IndexIVF | None = None,
+        nprobe: int | None = None,
+    ) -> None:
         if descriptors.ndim != 2 or descriptors.shape[0] == 0:
             raise UsageError(f"tile descriptors must be a non-empty [n, d] matrix, got {descriptors.shape}")
         self.descriptors = descriptors
         self.block_rows = block_rows
+        self.ivf = ivf
+        self.exact_fallback_rows = 0
+        if ivf is not None:
+            if int(ivf.ntotal) != descriptors.shape[0] or int(ivf.d) != descriptors.shape[1]:
+                raise UsageError(
+                    f"the tile IVF index holds {ivf.ntotal} x {ivf.d}, the descriptors {descriptors.shape}"
+                )
+            if ivf.metric_type != faiss.METRIC_L2:
+                raise UsageError("the tile IVF index must use the L2 metric")
+            nlist = int(ivf.nlist)
+            ivf.nprobe = max(1, min(nlist, nprobe or max(16, nlist // 64)))
 
     @property
     def count(self) -> int:
@@ -93,6 +116,22 @@ class TileIndex:
         nq = queries.shape[0]
         if nq == 0:
             return np.zeros((0, k), dtype=np.float32), np.zeros((0, k), dtype=np.int64)
+        if self.ivf is not None:
+            _, found = self.ivf.search(queries, fetch)
+            found = found.astype(np.int64)
+            short = np.flatnonzero((found < 0).any(axis=1))
+            if short.size:
+                self.exact_fallback_rows += int(short.size)
+                found[short] = self._exact_ids(queries[short], fetch)
+        else:
+            found = self._exact_ids(queries, fetch)
+        exact = self.distances(queries, found)
+        order = np.lexsort((found, exact), axis=1)[:, :k]
+        return np.take_along_axis(exact, order, axis=1), np.take_along_axis(found, order, axis=1)
+
+    def _exact_ids(self, queries: NDArray[np.float32], fetch: int) -> NDArray[np.int64]:
+        """Ids of the ``fetch`` nearest descriptors of every query (in no particular order), block by block."""
+        n, nq = self.count, queries.shape[0]
         best_d = np.zeros((nq, 0), dtype=np.float32)
         best_i = np.zeros((nq, 0), dtype=np.int64)
         for start in range(0, n, self.block_rows):
@@ -104,9 +143,7 @@ class TileIndex:
                 part = np.argpartition(best_d, fetch - 1, axis=1)[:, :fetch]
                 best_d = np.take_along_axis(best_d, part, axis=1)
                 best_i = np.take_along_axis(best_i, part, axis=1)
-        exact = self.distances(queries, best_i)
-        order = np.lexsort((best_i, exact), axis=1)[:, :k]
-        return np.take_along_axis(exact, order, axis=1), np.take_along_axis(best_i, order, axis=1)
+        return best_i
 
     def distances(self, queries: NDArray[np.float32], ids: NDArray[np.int64]) -> NDArray[np.float32]:
         """RMS ΔE of query i to every descriptor ids[i, j], summed in float64 and rounded once.

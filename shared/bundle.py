@@ -10,6 +10,7 @@ Layout (format version 2; version 1 bundles, which have no tile data, still open
     BUNDLE/projection.npy / model.onnx   assets the method needs
     BUNDLE/atlas.npy         uint8 [n, s, s, 3] BGR tiles (tile mode), opened with mmap_mode="r"
     BUNDLE/tiles.npy         float32 [n, d] tile colour-layout descriptors (shared.tiles), mmapped
+    BUNDLE/tiles.faiss       optional L2 IVF index over tiles.npy (--index ivf), opened with IO_FLAG_MMAP
 
 The manifest's "tiles" entry (version 2) describes atlas.npy and tiles.npy, or is null
 when the bundle has none.
@@ -56,6 +57,7 @@ REJECTED = "rejected.parquet"
 INDEX = "index.faiss"
 ATLAS = "atlas.npy"
 TILES = "tiles.npy"
+TILE_INDEX = "tiles.faiss"  # L2 IVF over tiles.npy, in bundles built with --index ivf
 
 IMAGES_SCHEMA = pa.schema(
     [
@@ -360,6 +362,12 @@ class Bundle:
             )
         self.manifest.tiles.check_supported()
         return self.manifest.tiles
+
+    @property
+    def tile_index_path(self) -> Path | None:
+        """The IVF index over the tile descriptors, when the bundle has one (built with --index ivf)."""
+        self.tile_spec()
+        return self.path / TILE_INDEX if TILE_INDEX in self.manifest.files else None
 
     @cached_property
     def atlas(self) -> NDArray[np.uint8]:

@@ -6,19 +6,22 @@ import json
 from pathlib import Path
 
 import cv2
+import faiss
 import numpy as np
 import pytest
 from numpy.typing import NDArray
 
 from fluxframe_index.build import BuildOptions, build_bundle
+from fluxframe_index.ivf import build_ivf_index
 from fluxframe_index.update import update_bundle
 from fluxframe_render.tile_compose import TileComposer, lab_shift
 from fluxframe_render.tile_match import TileIndex, TileMatcher, TileRules
 from fluxframe_render.tile_record import TILE_GRIDS, TileGridLog, read_tile_grids
 from fluxframe_render.tiles import CellGeometry, cell_edges, describe_frame, frame_cells, parse_grid
-from shared.bundle import ATLAS, MANIFEST, TILES, Bundle, open_bundle
+from shared.bundle import ATLAS, MANIFEST, TILE_INDEX, TILES, Bundle, open_bundle
 from shared.errors import BundleError, UsageError
 from shared.hashing import sha256_json
+from shared.search import open_ivf
 from shared.spec import FeatureSpec
 from shared.tiles import TileSpec, atlas_tile, describe_tiles
 from tests.pools import colour_images, copy_tree, real_images
@@ -336,3 +339,28 @@ def test_a_version_1_bundle_still_opens_without_tiles(small_bundle: Path, tmp_pa
     assert opened.manifest.format_version == 1 and not opened.has_tiles
     with pytest.raises(BundleError, match="no tile data"):
         opened.tile_spec()
+
+
+def test_the_tile_ivf_index_finds_what_the_exact_scan_finds(tmp_path: Path) -> None:
+    descriptors = describe_tiles(_crop_pool(1500, seed=6))
+    np.save(tmp_path / TILES, descriptors)
+    info = build_ivf_index(tmp_path / TILES, tmp_path / TILE_INDEX, nlist=None, progress=False, metric=faiss.METRIC_L2)
+    assert info.nlist > 8
+    geometry = CellGeometry.for_frame(320, 180, (16, 9))
+    queries = np.concatenate([describe_frame(_frame(i, 320, 180), geometry, SPEC) for i in range(3)])
+    exact_d, exact_i = TileIndex(descriptors).search(queries, 8)
+    every_list = TileIndex(descriptors, ivf=open_ivf(tmp_path / TILE_INDEX), nprobe=info.nlist)
+    assert np.array_equal(every_list.search(queries, 8)[1], exact_i)
+    default = TileIndex(descriptors, ivf=open_ivf(tmp_path / TILE_INDEX))
+    ivf_d, ivf_i = default.search(queries, 8)
+    assert (ivf_i[:, 0] == exact_i[:, 0]).mean() > 0.9
+    assert np.all(ivf_d >= exact_d - 1e-6)  # never closer than the true nearest: distances are exact
+
+
+def test_an_ivf_bundle_has_a_tile_index(small_pool: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "bundle"
+    build_bundle(small_pool, dest, BuildOptions(spec=FeatureSpec(method="spatial_color"), index_kind="ivf"))
+    bundle = open_bundle(dest)
+    assert bundle.tile_index_path == dest / TILE_INDEX and TILE_INDEX in bundle.manifest.files
+    index = TileIndex(bundle.tile_descriptors, ivf=open_ivf(dest / TILE_INDEX))
+    assert np.array_equal(index.search(bundle.tile_descriptors[:5], 1)[1][:, 0], np.arange(5))
