@@ -107,14 +107,14 @@ def test_a_truncated_file_is_refused_even_without_verification(bundle: Path, tmp
         open_bundle(copy, verify=False)
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", None])
+@pytest.mark.parametrize("version", [3, 0, "1", None])
 def test_an_unknown_format_version_is_refused(bundle: Path, tmp_path: Path, version: object) -> None:
     copy = copy_bundle(bundle, tmp_path / "future")
     rewrite_manifest(copy, {"format_version": version})
     with pytest.raises(BundleError, match="format version"):
         open_bundle(copy)
-    if version == 2:
-        assert_clean_failure(run("ff-index", ["verify", copy]), EXIT_BUNDLE, "format version 2 is not supported")
+    if version == 3:
+        assert_clean_failure(run("ff-index", ["verify", copy]), EXIT_BUNDLE, "format version 3 is not supported")
 
 
 def test_a_missing_file_is_refused(bundle: Path, tmp_path: Path) -> None:
