@@ -1,5 +1,5 @@
 # FluxFrame: every target bootstraps .venv itself, so `make test` / `make demo` work on a fresh clone.
-# Job targets (index, render, renders) are documented in README.md, "Batch jobs".
+# Job targets (index, render, renders) are documented in docs/batch-and-cluster.md.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -36,16 +36,16 @@ demo: $(STAMP)
 	$(BIN)/python -m tests.demo demo-out
 
 bench: $(STAMP)
-	$(BIN)/python -m tests.bench.run --out bench-out --readme README.md
+	$(BIN)/python -m tests.bench.run --out bench-out --readme docs/performance.md
 
 bench-large: $(STAMP)
-	$(BIN)/python -m tests.bench.run --out bench-out --readme README.md --large
+	$(BIN)/python -m tests.bench.run --out bench-out --readme docs/performance.md --large
 
 clean:
 	rm -rf demo-out bench-out .bench
 
 # ---------------------------------------------------------------------------
-# Batch jobs: one make call per job line (see README "Batch jobs").
+# Batch jobs: one make call per job line (see docs/batch-and-cluster.md).
 #   make index   POOL=dir BUNDLE=dir [METHOD=canny] [INDEX_ARGS="--jobs 8 --index ivf"]
 #   make render  VIDEO=file BUNDLE=dir OUT=dir [RENDER_ARGS="--no-repeat"]
 #   make renders VIDEOS=dir BUNDLE=dir OUTROOT=dir [RENDER_ARGS=...]   (make -k -j N renders)

@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from fluxframe_render.pipeline import Stage
 from fluxframe_render.select import Choice
 from fluxframe_render.video import VideoInfo
 from shared.atomic import atomic_write_bytes, fsync_dir
@@ -29,6 +30,8 @@ from shared.errors import OutputError, StateError
 from shared.hashing import sha256_json
 
 CHECKPOINT_NAME = "checkpoint.jsonl"
+# Match options derived by ff-render, not chosen by the user: never shown to them.
+INTERNAL_KEYS = ("k", "match_batch")
 CHECKPOINT_VERSION = 1
 # Bytes hashed at each end of the video to recognise it cheaply (whole-file hashing of a
 # multi-GB video would cost more than a short render).
@@ -114,6 +117,8 @@ def _differences(old: Header, new: Header) -> str:
     if old.video != new.video:
         changes.append(f"video {old.video.get('name')} -> {new.video.get('name')} (different content)")
     for key in sorted(set(old.match_options) | set(new.match_options)):
+        if key in INTERNAL_KEYS:
+            continue  # derived from what the user chose: naming them would only confuse
         before, after = old.match_options.get(key), new.match_options.get(key)
         if before != after:
             changes.append(f"{key} {json.dumps(before)} -> {json.dumps(after)}")
@@ -240,3 +245,105 @@ class Checkpoint:
 
     def close(self) -> None:
         self._handle.close()
+
+
+class Commit(Stage[Choice, Choice]):
+    """The match phase's last stage: appends choices to the checkpoint every ``every`` frames.
+
+    With ``units`` (a policy that decides several frames together: a scene smoothed, a
+    window assigned) only whole units are saved, the last choice of each carrying its
+    ``scene_end``, so a resumed run starts where a unit starts. ``close`` saves what is
+    complete however the run ends (error, Ctrl-C).
+    """
+
+    name = "checkpoint"
+
+    def __init__(
+        self, checkpoint: Checkpoint, every: int, *, units: bool = False, on_commit: Callable[[int], None] | None = None
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.every = every
+        self.units = units
+        self.on_commit = on_commit
+        self.pending: list[Choice] = []
+        self.choices: list[Choice] = []
+
+    def process(self, item: Choice) -> Iterable[Choice]:
+        self.pending.append(item)
+        self.choices.append(item)
+        # A unit is saved as soon as it is complete; single frames every ``every``.
+        if (item.scene_end is not None) if self.units else len(self.pending) >= self.every:
+            self._save(len(self.pending))
+        return (item,)
+
+    def _save(self, count: int) -> None:
+        # Taken out first: a Ctrl-C inside save() must not make close() save them twice.
+        saving, self.pending = self.pending[:count], self.pending[count:]
+        self.checkpoint.save(saving)
+        if self.on_commit is not None:
+            self.on_commit(len(saving))
+
+    def close(self) -> None:
+        count = len(self.pending)
+        if self.units:
+            ends = [i for i, c in enumerate(self.pending) if c.scene_end is not None]
+            count = ends[-1] + 1 if ends else 0
+        self._save(count)
+
+
+ARCHIVE_DIR = ".matches"  # inside OUT: the matches of other option sets, kept for when a user returns to them
+
+
+def read_header(path: Path) -> Header | None:
+    """The header of the checkpoint at ``path``; None when there is none or it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline()
+        record = json.loads(first)
+        if record.get("type") != "header" or record.get("version") != CHECKPOINT_VERSION:
+            return None
+        return Header.from_dict(record)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def frames_in(path: Path) -> int:
+    """How many chosen frames the checkpoint at ``path`` holds (0 when unreadable)."""
+    try:
+        return len(_read(path)[1])
+    except StateError:
+        return 0
+
+
+def switch_matches(out: Path, header: Header) -> str | None:
+    """Make OUT's checkpoint the one for ``header``'s options, keeping the matches it replaces.
+
+    The current checkpoint, if made with other options, moves to OUT/.matches/ under its
+    match hash; a checkpoint kept there earlier for ``header``'s options comes back. Both
+    are renames in one folder tree: nothing is copied, nothing is lost. Returns the one
+    line to tell the user, or None when nothing changed.
+    """
+    current = out / CHECKPOINT_NAME
+    old = read_header(current) if current.exists() else None
+    if old is not None and old.match_hash == header.match_hash:
+        return None
+    archive = out / ARCHIVE_DIR
+    kept = archive / f"{header.match_hash[:32]}.jsonl"
+    message = None
+    try:
+        if old is not None:
+            archive.mkdir(exist_ok=True)
+            frames = frames_in(current)
+            os.replace(current, archive / f"{old.match_hash[:32]}.jsonl")
+            message = (
+                f"match options changed ({_differences(old, header)}): matching again; the {frames} frames "
+                f"matched before are kept in {archive} and come back if you return to those options"
+            )
+        if kept.exists():
+            os.replace(kept, current)
+            frames = frames_in(current)
+            message = (message + "; " if message else "") + f"resuming the {frames} frames kept for these options"
+        fsync_dir(out)
+    except OSError as exc:
+        raise OutputError(f"cannot switch checkpoints in {out}: {exc.strerror or exc}") from None
+    return message

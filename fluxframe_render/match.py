@@ -3,23 +3,21 @@
 Frames are prepared by the same ``prepare_image`` and described by the same
 extractor that ff-index used for the pool, so a frame and a pool picture of the
 same content get the same vector. Only prepared frames (comparison size) are held
-in memory, never full frames, and decoding runs in a background thread while the
-previous batch is described and searched.
+in memory, never full frames. The stages here (source, describe, search) are run by
+pipeline.Runner, which decodes in its own thread while earlier batches are described
+and searched.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import queue
-import threading
-import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
+from fluxframe_render.pipeline import Source, Stage
 from fluxframe_render.select import FrameRef
 from fluxframe_render.video import FrameReader
 from shared.features.base import Extractor, Image, Vectors, weight_query
@@ -43,83 +41,77 @@ def auto_match_batch(dim: int) -> int:
 
 @dataclass
 class Batch:
+    """A run of consecutive output frames on their way through the match stages."""
+
     frames: list[FrameRef]
     prepared: list[Image]
+    queries: Vectors | None = None  # weighted query vectors, once described
+    scores: NDArray[np.float32] | None = None  # top-k candidates, once searched
+    ids: NDArray[np.int64] | None = None
 
 
-@dataclass
-class MatchTimings:
-    """Seconds spent per stage; ``decode`` is time the matcher waited for frames."""
+class VideoFrames(Source[Batch]):
+    """The source of the match phase: decoded frames prepared at the comparison size, in aligned batches.
 
-    decode: float = 0.0
-    extract: float = 0.0
-    search: float = 0.0
-    select: float = 0.0
-    frames: int = 0
-
-    def per_frame_ms(self) -> dict[str, float]:
-        n = max(1, self.frames)
-        total = self.decode + self.extract + self.search + self.select
-        return {
-            "decode_wait": 1000 * self.decode / n,
-            "extract": 1000 * self.extract / n,
-            "search": 1000 * self.search / n,
-            "select": 1000 * self.select / n,
-            "total": 1000 * total / n,
-        }
-
-
-_DONE = object()
-
-
-def prepared_batches(
-    reader: FrameReader, size: tuple[int, int], batch: int, *, first: int = 0
-) -> Generator[Batch, None, None]:
-    """Batches of prepared frames aligned to multiples of ``batch`` counted from output frame 0.
-
-    ``first`` must be such a multiple (the reader starts there). Decoding and preparing
-    run in a daemon thread two batches ahead; its errors are raised here.
+    Batches are aligned to multiples of ``batch`` counted from output frame 0, so a
+    resumed run searches exactly the batches an uninterrupted run searched; ``first``
+    must be such a multiple (the reader starts there).
     """
-    if first % batch:
-        raise ValueError(f"first frame {first} is not a multiple of the batch size {batch}")
-    channel: queue.Queue[object] = queue.Queue(maxsize=2)
-    stop = threading.Event()
 
-    def produce() -> None:
-        try:
-            frames: list[FrameRef] = []
-            images: list[Image] = []
-            for frame in reader:
-                frames.append(FrameRef(frame.index, frame.source_index, frame.time))
-                images.append(prepare_image(frame.image, size))
-                if len(frames) == batch:
-                    channel.put(Batch(frames, images))
-                    frames, images = [], []
-                if stop.is_set():
-                    return
-            if frames:
-                channel.put(Batch(frames, images))
-            channel.put(_DONE)
-        except BaseException as exc:  # handed to the consumer, which re-raises it in its own thread
-            channel.put(exc)
+    name = "decode"
 
-    worker = threading.Thread(target=produce, name="ff-render-decode", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = channel.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            assert isinstance(item, Batch)
-            yield item
-    finally:
-        stop.set()
-        # Unblock a producer waiting on a full queue so the thread can see ``stop`` and end.
-        while worker.is_alive():
-            with contextlib.suppress(queue.Empty):
-                channel.get(timeout=0.05)
+    def __init__(self, reader: FrameReader, size: tuple[int, int], batch: int, *, first: int = 0) -> None:
+        if first % batch:
+            raise ValueError(f"first frame {first} is not a multiple of the batch size {batch}")
+        self.reader = reader
+        self.size = size
+        self.batch = batch
+
+    def items(self) -> Iterator[Batch]:
+        frames: list[FrameRef] = []
+        images: list[Image] = []
+        for frame in self.reader:
+            frames.append(FrameRef(frame.index, frame.source_index, frame.time))
+            images.append(prepare_image(frame.image, self.size))
+            if len(frames) == self.batch:
+                yield Batch(frames, images)
+                frames, images = [], []
+        if frames:
+            yield Batch(frames, images)
+
+
+class Describe(Stage[Batch, Batch]):
+    """Prepared frames -> weighted query vectors (the extractor ff-index used for the pool)."""
+
+    name = "describe"
+    threaded = True  # decoding runs ahead in the source's thread
+
+    def __init__(self, matcher: FrameMatcher) -> None:
+        self.matcher = matcher
+
+    def process(self, item: Batch) -> Iterable[Batch]:
+        item.queries = self.matcher.queries(item.prepared)
+        item.prepared = []  # only the vectors go on
+        return (item,)
+
+
+class Search(Stage[Batch, Batch]):
+    """Query vectors -> each frame's top-k candidates, the images the selection blocks left out.
+
+    ``excluded(batch)`` gives the ids to leave out for that batch: what the selection had
+    blocked when the batch began, as an uninterrupted run would have had it.
+    """
+
+    name = "search"
+
+    def __init__(self, matcher: FrameMatcher, excluded: Callable[[Batch], UsedSet | None]) -> None:
+        self.matcher = matcher
+        self.excluded = excluded
+
+    def process(self, item: Batch) -> Iterable[Batch]:
+        assert item.queries is not None
+        item.scores, item.ids = self.matcher.candidates(item.queries, self.excluded(item))
+        return (item,)
 
 
 class FrameMatcher:
@@ -140,22 +132,15 @@ class FrameMatcher:
         self.k = k
         # Unused candidates a row needs before an IVF probe stops looking wider (None: k).
         self.enough = enough
-        self.timings = MatchTimings()
 
     def queries(self, prepared: Sequence[Image]) -> Vectors:
-        start = time.perf_counter()
-        vectors = weight_query(self.extractor.extract(prepared), self.extractor.blocks, self.weights)
-        self.timings.extract += time.perf_counter() - start
-        return vectors
+        return weight_query(self.extractor.extract(prepared), self.extractor.blocks, self.weights)
 
     def candidates(
         self, queries: Vectors, used: UsedSet | None, k: int | None = None
     ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         """Top ``k`` (default: the matcher's) pool images per query, ``used`` excluded."""
-        start = time.perf_counter()
-        scores, ids = self.searcher.search(queries, k or self.k, used, enough=self.enough)
-        self.timings.search += time.perf_counter() - start
-        return scores, ids
+        return self.searcher.search(queries, k or self.k, used, enough=self.enough)
 
     def score_of(self, query: NDArray[np.float32], image_id: int) -> float:
         """The weighted similarity of one pool image to one frame (the arithmetic of the search's scores)."""

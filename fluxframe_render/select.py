@@ -23,6 +23,7 @@ threshold rule.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ from shared.search import UsedSet
 HELD = "held"
 FIRST_BELOW_THRESHOLD = "first_below_threshold"
 FALLBACKS = (None, HELD, FIRST_BELOW_THRESHOLD)
+SCENE_ENDS = (None, "cut", "chunk")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,9 @@ class Choice:
     threshold_applied: bool  # the best (or assigned) candidate scored below the threshold
     fallback: str | None  # one of FALLBACKS
     greedy_score: float | None = None  # --assign global: what greedy no-repeat would have scored here
+    # The last frame of a unit of choices committed together: "cut" (the next frame starts a new
+    # scene) or "chunk" (a long scene continues). A resumed run starts there, so it must know which.
+    scene_end: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -72,6 +77,8 @@ class Choice:
         }
         if self.greedy_score is not None:
             data["greedy_score"] = self.greedy_score
+        if self.scene_end is not None:
+            data["scene_end"] = self.scene_end
         return data
 
     @classmethod
@@ -79,6 +86,8 @@ class Choice:
         fallback = data["fallback"]
         if fallback not in FALLBACKS:
             raise ValueError(f"unknown fallback {fallback!r}")
+        if data.get("scene_end") not in SCENE_ENDS:
+            raise ValueError(f"unknown scene end {data.get('scene_end')!r}")
         greedy = data.get("greedy_score")
         return cls(
             index=int(data["index"]),
@@ -89,6 +98,7 @@ class Choice:
             threshold_applied=bool(data["threshold_applied"]),
             fallback=fallback,
             greedy_score=None if greedy is None else float(greedy),
+            scene_end=data.get("scene_end"),
         )
 
 
@@ -98,6 +108,12 @@ class SelectionPolicy:
     search_depth: int
     threshold: float
     seed: int
+    max_uses: int = 0  # 0: no limit; no_repeat means 1
+    min_gap: int = 0  # frames before a shown image may come back
+
+    @property
+    def uses_limit(self) -> int:
+        return 1 if self.no_repeat else self.max_uses
 
     def __post_init__(self) -> None:
         if self.search_depth < 1:
@@ -111,20 +127,71 @@ class SelectionPolicy:
 Candidates = tuple[NDArray[np.float32], NDArray[np.int64]]
 
 
+class ReuseTracker:
+    """Which images a frame may not take: used up (--max-uses, --no-repeat) or shown too recently (--min-reuse-gap).
+
+    A run of consecutive frames showing one image is one use, and continuing a run is
+    always allowed (that is the image staying, not coming back). ``blocked`` is the set a
+    search excludes; it changes in O(1) per frame, so the cost stays flat as images are used.
+    Its state after frame t depends only on the choices up to t, so a resumed render
+    rebuilds it by replaying its checkpoint.
+    """
+
+    def __init__(self, pool_size: int, uses_limit: int, min_gap: int) -> None:
+        self.uses_limit = uses_limit
+        self.min_gap = min_gap
+        self.active = uses_limit > 0 or min_gap > 0
+        self.blocked = UsedSet(pool_size if self.active else 0)
+        self.uses: dict[int, int] = {}
+        self.last_shown: dict[int, int] = {}
+        self._releases: deque[tuple[int, int]] = deque()  # (frame it may come back at, id), in order
+        self.previous: int | None = None
+
+    def advance(self, frame_index: int) -> None:
+        """Release the images whose reuse gap has passed by ``frame_index``."""
+        while self._releases and self._releases[0][0] <= frame_index:
+            release, image_id = self._releases.popleft()
+            used_up = self.uses_limit > 0 and self.uses.get(image_id, 0) >= self.uses_limit
+            shown_since = self.last_shown.get(image_id, -1) + self.min_gap + 1 > release
+            if not used_up and not shown_since:
+                self.blocked.discard(image_id)
+
+    def allows(self, image_id: int) -> bool:
+        return not self.active or image_id == self.previous or not self.blocked.bits[image_id]
+
+    def record(self, image_id: int, frame_index: int) -> None:
+        if image_id != self.previous:
+            self.uses[image_id] = self.uses.get(image_id, 0) + 1
+        self.previous = image_id
+        if not self.active:
+            return
+        self.last_shown[image_id] = frame_index
+        if self.uses_limit > 0 and self.uses[image_id] >= self.uses_limit:
+            self.blocked.add(image_id)
+        elif self.min_gap > 0:
+            self.blocked.add(image_id)
+            self._releases.append((frame_index + self.min_gap + 1, image_id))
+
+
 class Selector:
-    """Stateful chooser: remembers used ids (no-repeat) and the previous frame's image (threshold)."""
+    """Stateful chooser: remembers reuse (no-repeat, --max-uses, --min-reuse-gap) and the previous frame's image."""
 
     def __init__(self, policy: SelectionPolicy, pool_size: int, history: list[Choice] | None = None) -> None:
         self.policy = policy
-        self.used = UsedSet(pool_size) if policy.no_repeat else None
+        self.reuse = ReuseTracker(pool_size, policy.uses_limit, policy.min_gap)
         self.previous: Choice | None = None
         for choice in history or []:
             self.record(choice)
 
+    @property
+    def used(self) -> UsedSet | None:
+        """The ids a search must leave out now (None when no reuse rule is in force)."""
+        return self.reuse.blocked if self.reuse.active else None
+
     def record(self, choice: Choice) -> None:
         """Account for a choice made earlier (checkpoint replay) or just now."""
-        if self.used is not None:
-            self.used.add(choice.image_id)
+        self.reuse.advance(choice.index)
+        self.reuse.record(choice.image_id, choice.index)
         self.previous = choice
 
     def choose(
@@ -138,21 +205,16 @@ class Selector:
         """Pick for ``frame`` from its ranked candidates (best first, id -1 = none).
 
         ``score_of(id)`` scores any image against this frame (for a held image);
-        ``research()`` searches this frame alone with the current used ids excluded.
+        ``research()`` searches this frame alone with the current blocked ids excluded.
         """
-        valid = ids >= 0
-        if self.used is not None:
-            valid &= ~self.used.bits[np.where(valid, ids, 0)]
-            if not valid.any():
+        self.reuse.advance(frame.index)
+        valid = self._valid(ids)
+        if not valid.any():
+            if self.used is not None:
                 scores, ids = research()
-                valid = (ids >= 0) & ~self.used.bits[np.where(ids >= 0, ids, 0)]
-                if not valid.any():
-                    raise StateError(
-                        f"--no-repeat ran out of images at output frame {frame.index}: all "
-                        f"{self.used.count} usable images are taken"
-                    )
-        elif not valid.any():
-            raise StateError(f"no candidate image for output frame {frame.index}: the pool is empty")
+                valid = self._valid(ids)
+            if not valid.any():
+                raise StateError(self._exhausted(frame))
         positions = np.flatnonzero(valid)
         best = int(positions[0])
         best_score = float(scores[best])
@@ -171,6 +233,27 @@ class Selector:
             choice = Choice(frame.index, frame.source_index, frame.time, image_id, score, False, None)
         self.record(choice)
         return choice
+
+    def _valid(self, ids: NDArray[np.int64]) -> NDArray[np.bool_]:
+        valid = ids >= 0
+        if self.used is not None:
+            safe = np.where(valid, ids, 0)
+            # Per-frame picks never continue a blocked image: with --no-repeat every frame shows a new one.
+            valid &= ~self.used.bits[safe]
+        return valid
+
+    def _exhausted(self, frame: FrameRef) -> str:
+        if self.used is None:
+            return f"no candidate image for output frame {frame.index}: the pool is empty"
+        if self.policy.uses_limit == 1:
+            return (
+                f"--no-repeat ran out of images at output frame {frame.index}: all {self.used.count} usable images "
+                "are taken"
+            )
+        return (
+            f"the reuse rules left no image for output frame {frame.index} ({self.used.count} images blocked); "
+            "raise --max-uses or lower --min-reuse-gap"
+        )
 
     def assigned(
         self,

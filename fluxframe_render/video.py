@@ -195,11 +195,13 @@ class FrameReader:
         fps_override: float | None = None,
         max_seconds: float | None = None,
         start_index: int = 0,
+        info: VideoInfo | None = None,
     ) -> None:
         if start_index < 0:
             raise UsageError(f"start index must be >= 0, got {start_index}")
         self.path = path
-        self.info = probe_video(path)
+        # A render probes once and hands the result to every reader it opens.
+        self.info = info if info is not None else probe_video(path)
         self.fps, self.expected = output_schedule(self.info, fps_override, max_seconds)
         self._cap = self.expected if max_seconds is not None else None
         self.start_index = start_index
@@ -277,17 +279,6 @@ class FrameReader:
         self.finished = True
         if self.decoded == 0:
             raise InputError(f"no decodable video frame in {self.path}")
-
-
-def iter_frames(
-    path: Path,
-    *,
-    fps_override: float | None = None,
-    max_seconds: float | None = None,
-    start_index: int = 0,
-) -> Iterator[SourceFrame]:
-    """Output frames of ``path``; use ``FrameReader`` to learn afterwards whether the file was cut short."""
-    return FrameReader(path, fps_override=fps_override, max_seconds=max_seconds, start_index=start_index).iter()
 
 
 class _AudioCopy:

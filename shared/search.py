@@ -76,6 +76,15 @@ class UsedSet:
             self._packed[image_id >> 3] |= np.uint8(1 << (image_id & 7))
             self._packed_count = self.count
 
+    def discard(self, image_id: int) -> None:
+        """Make an id usable again (a reuse gap that has passed)."""
+        if not self.bits[image_id]:
+            return
+        self.bits[image_id] = False
+        self.count -= 1
+        # The packed copy no longer matches: rebuilt once, on its next use.
+        self._packed_count = -1
+
     def add_many(self, image_ids: NDArray[np.int64] | list[int]) -> None:
         for image_id in np.asarray(image_ids, dtype=np.int64).tolist():
             self.add(image_id)

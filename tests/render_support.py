@@ -70,6 +70,13 @@ def results(out: Path) -> dict[str, Any]:
     return data
 
 
+def choices_record(out: Path) -> dict[str, Any]:
+    """results.json without the seconds each stage took: what must be identical after a resume."""
+    data = results(out)
+    data.pop("timings")
+    return data
+
+
 def image_ids(out: Path) -> list[int]:
     return [int(frame["image_id"]) for frame in results(out)["frames"]]
 

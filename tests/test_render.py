@@ -31,6 +31,7 @@ from tests.render_support import (
     Media,
     assert_one_line_error,
     build_small_bundle,
+    choices_record,
     image_ids,
     make_media,
     results,
@@ -179,32 +180,42 @@ def test_mismatch_warnings_print_once(media: Media, tmp_path: Path) -> None:
     assert results(tmp_path / "out")["output"]["fps"] == pytest.approx(CLIP_FPS)
 
 
-def test_match_options_guard_and_output_only_rerender(media: Media, tmp_path: Path) -> None:
+def test_changed_options_win_and_earlier_matches_come_back(media: Media, tmp_path: Path) -> None:
+    """Trying settings: new match options match again (one line says so), the old matches are kept and return."""
     assert run_cli(media.clip, media.bundle, tmp_path, "--seed", "1", "--skip-output", "--quiet").code == 0
     checkpoint = (tmp_path / CHECKPOINT_NAME).read_bytes()
     matched = results(tmp_path)["frames"]
 
-    refused = run_cli(media.clip, media.bundle, tmp_path, "--seed", "2", "--search-depth", "4", "--quiet")
-    assert_one_line_error(refused, EXIT_STATE, "seed 1 -> 2", "search_depth 10 -> 4", "--restart")
-    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == checkpoint
+    changed = run_cli(media.clip, media.bundle, tmp_path, "--seed", "2", "--search-depth", "4", "--skip-output")
+    assert changed.code == 0, changed.stderr
+    warnings = [line for line in changed.stderr.splitlines() if line.startswith("ff-render: warning:")]
+    assert len(warnings) == 1 and "seed 1 -> 2" in warnings[0] and "search_depth 10 -> 4" in warnings[0]
+    assert "k 10" not in warnings[0], "internal values are not named"
+    assert "60 frames matched before are kept" in warnings[0]
+    assert results(tmp_path)["seed"] == 2 and "60 from checkpoint" not in changed.stdout
 
-    # Output options only: no matching (the checkpoint is untouched), same choices, now with a video.
-    rerender = run_cli(media.clip, media.bundle, tmp_path, "--seed", "1", "--crf", "30", "--no-frames")
-    assert rerender.code == 0, rerender.stderr
-    assert "matching" not in rerender.stderr
-    assert "60 from checkpoint" in rerender.stdout
-    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == checkpoint
+    # Back to the first options: their matches come back, nothing is matched again.
+    back = run_cli(media.clip, media.bundle, tmp_path, "--seed", "1", "--crf", "30", "--no-frames")
+    assert back.code == 0, back.stderr
+    assert "resuming the 60 frames kept for these options" in back.stderr
+    assert "60 from checkpoint" in back.stdout
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes().startswith(checkpoint)
     assert results(tmp_path)["frames"] == matched
     assert describe_video(tmp_path / "clip_matched.mp4").frames == 60
 
-    restarted = run_cli(media.clip, media.bundle, tmp_path, "--seed", "2", "--restart", "--skip-output", "--quiet")
-    assert restarted.code == 0, restarted.stderr
-    assert results(tmp_path)["seed"] == 2 and (tmp_path / CHECKPOINT_NAME).read_bytes() != checkpoint
+    # Output options only: no matching, no warning, same choices.
+    rerender = run_cli(media.clip, media.bundle, tmp_path, "--seed", "1", "--crf", "28", "--skip-output")
+    assert rerender.code == 0 and "warning" not in rerender.stderr and "60 from checkpoint" in rerender.stdout
+    assert results(tmp_path)["frames"] == matched
 
-    changed = run_cli(media.clip, media.bundle, tmp_path, "--seed", "3", "--restart-if-changed", "--skip-output")
-    assert changed.code == 0 and "warning: starting over" in changed.stderr and "seed 2 -> 3" in changed.stderr
-    same = run_cli(media.clip, media.bundle, tmp_path, "--seed", "3", "--restart-if-changed", "--skip-output")
-    assert same.code == 0 and "60 from checkpoint" in same.stdout and "starting over" not in same.stderr
+    # Dropping --seed after a seeded run resumes with the seed in the checkpoint.
+    unseeded = run_cli(media.clip, media.bundle, tmp_path, "--skip-output")
+    assert unseeded.code == 0 and "warning" not in unseeded.stderr and "60 from checkpoint" in unseeded.stdout
+    assert results(tmp_path)["seed"] == 1
+
+    restarted = run_cli(media.clip, media.bundle, tmp_path, "--seed", "1", "--restart", "--skip-output", "--quiet")
+    assert restarted.code == 0, restarted.stderr
+    assert results(tmp_path)["frames"] == matched  # matched again from scratch: the same picks
 
 
 def test_copy_detection_recall_through_ff_render(media: Media, tmp_path: Path) -> None:
@@ -258,7 +269,7 @@ def test_ivf_no_repeat_resumed_mid_batch_equals_uninterrupted(media: Media, tmp_
     (out / CHECKPOINT_NAME).write_text("".join(lines[: 1 + 36]))  # header + 36 frames: inside the last batch
     resumed = render(media.clip, bundle, out, options)
     assert resumed.resumed_frames == 36
-    assert (out / "results.json").read_bytes() == (tmp_path / "reference" / "results.json").read_bytes()
+    assert choices_record(out) == choices_record(tmp_path / "reference")
 
 
 def test_moved_pool_needs_pool_root(media: Media, tmp_path: Path) -> None:
@@ -431,7 +442,7 @@ def test_kill_9_while_matching_then_resume_equals_uninterrupted(
     assert '"type":"end"' not in "".join(lines), "killed while still matching"
     resumed = render(media.clip, media.bundle, out, RenderOptions(**options))  # type: ignore[arg-type]
     assert resumed.resumed_frames >= 2 * kill_after_lines
-    assert (out / "results.json").read_bytes() == (reference / "results.json").read_bytes()
+    assert choices_record(out) == choices_record(reference)
 
 
 def test_kill_9_while_encoding_then_rerun_finishes_cleanly(media: Media, full_render: Path, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ Pools are real pictures (skimage crops, flips and hues) written as JPEGs in the 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -180,7 +181,7 @@ def test_update_refuses_other_feature_options(tmp_path: Path) -> None:
         update_bundle(pool, bundle, options(spec=FeatureSpec(method="hog", comparison_size=128)))
 
 
-def test_render_checkpoint_of_the_old_bundle_is_refused_after_an_update(tmp_path: Path) -> None:
+def test_render_after_an_update_matches_again_and_keeps_the_old_matches(tmp_path: Path) -> None:
     pool, bundle, out = tmp_path / "pool", tmp_path / "bundle", tmp_path / "out"
     small_pool(pool, 16, seed=6)
     assert invoke(ff_index, "build", pool, bundle, *SPEC_ARGS, "--jobs", "1", "--quiet").exit_code == 0
@@ -197,10 +198,10 @@ def test_render_checkpoint_of_the_old_bundle_is_refused_after_an_update(tmp_path
     assert new_id != old_id
 
     again = invoke(ff_render, clip, bundle, out, "--seed", "1", "--skip-output", "--quiet")
-    line = one_error_line(again, "ff-render", 5)
-    assert f"bundle {old_id[:12]} -> {new_id[:12]}" in line
-    restarted = invoke(ff_render, clip, bundle, out, "--seed", "1", "--skip-output", "--quiet", "--restart")
-    assert restarted.exit_code == 0, restarted.output
+    assert again.exit_code == 0, again.output
+    assert f"bundle {old_id[:12]} -> {new_id[:12]}" in again.stderr and "matching again" in again.stderr
+    assert len(list((out / ".matches").glob("*.jsonl"))) == 1, "the old bundle's matches are kept"
+    assert json.loads((out / "results.json").read_text())["bundle_id"] == new_id
 
 
 @pytest.fixture(scope="module")

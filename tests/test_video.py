@@ -16,7 +16,6 @@ from fluxframe_render.video import (
     SourceFrame,
     VideoWriter,
     even_size,
-    iter_frames,
     output_schedule,
     probe_video,
 )
@@ -35,7 +34,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def clip_frames(clip: Path) -> list[SourceFrame]:
-    return list(iter_frames(clip))
+    return list(FrameReader(clip))
 
 
 def _mad(a: NDArray[np.generic], b: NDArray[np.generic]) -> float:
@@ -94,14 +93,14 @@ def test_frames_cover_the_whole_video_in_order(clip_frames: list[SourceFrame]) -
 def test_fps_override_halves_the_frames_and_keeps_the_duration(clip: Path, clip_frames: list[SourceFrame]) -> None:
     info = probe_video(clip)
     assert output_schedule(info, 5.0, None) == (5.0, 15)
-    halved = list(iter_frames(clip, fps_override=5.0))
+    halved = list(FrameReader(clip, fps_override=5.0))
     assert len(halved) == 15
     assert len(halved) / 5.0 == pytest.approx(SECONDS)
     assert [f.source_index for f in halved] == list(range(0, 30, 2))
     for frame in halved:
         assert np.array_equal(frame.image, clip_frames[frame.source_index].image)
     # A rate that does not divide the source one samples by time, nearest frame.
-    assert [f.source_index for f in iter_frames(clip, fps_override=3.0)] == [round(k * 10 / 3) for k in range(9)]
+    assert [f.source_index for f in FrameReader(clip, fps_override=3.0)] == [round(k * 10 / 3) for k in range(9)]
 
 
 def test_fps_override_above_the_source_rate_is_clamped_and_nonpositive_is_refused(clip: Path) -> None:
@@ -117,13 +116,13 @@ def test_fps_override_above_the_source_rate_is_clamped_and_nonpositive_is_refuse
 
 
 def test_start_index_resumes_at_the_right_frame(clip: Path, clip_frames: list[SourceFrame]) -> None:
-    resumed = list(iter_frames(clip, start_index=12))
+    resumed = list(FrameReader(clip, start_index=12))
     assert [f.index for f in resumed] == list(range(12, 30))
     for frame in resumed:
         assert np.array_equal(frame.image, clip_frames[frame.index].image)
-    halved = list(iter_frames(clip, fps_override=5.0, start_index=4))
+    halved = list(FrameReader(clip, fps_override=5.0, start_index=4))
     assert [(f.index, f.source_index) for f in halved][:2] == [(4, 8), (5, 10)]
-    assert list(iter_frames(clip, start_index=30)) == []
+    assert list(FrameReader(clip, start_index=30)) == []
 
 
 def test_max_seconds_stops_early_without_calling_it_truncated(clip: Path) -> None:
@@ -151,7 +150,7 @@ def test_writer_makes_h264_with_the_source_audio(clip: Path, clip_frames: list[S
     n = min(expected.size, facts.audio_samples.size) - 2000
     assert np.corrcoef(expected[1000:n], facts.audio_samples[1000:n])[0, 1] > 0.99
     # The pictures survive the round trip (CRF 20, colour tags honoured).
-    back = list(iter_frames(out))
+    back = list(FrameReader(out))
     assert max(_mad(a.image, b.image) for a, b in zip(back, clip_frames, strict=True)) < 6.0
     assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
 
@@ -270,7 +269,7 @@ def test_files_that_are_not_videos_raise_one_line_input_errors(tmp_path: Path) -
         assert message in str(caught.value)
         assert "\n" not in str(caught.value)
         with pytest.raises(InputError):
-            list(iter_frames(path))
+            list(FrameReader(path))
 
 
 @pytest.mark.parametrize("clockwise", [90, 180, 270])
@@ -281,7 +280,7 @@ def test_a_rotated_phone_video_is_read_upright(
     info = probe_video(turned)
     assert info.rotation == clockwise
     assert (info.width, info.height) == ((180, 320) if clockwise in (90, 270) else (320, 180))
-    frames = list(iter_frames(turned, max_seconds=0.3))
+    frames = list(FrameReader(turned, max_seconds=0.3))
     for frame in frames:
         assert frame.image.shape == (info.height, info.width, 3) and frame.image.flags.c_contiguous
         assert np.array_equal(frame.image, np.rot90(clip_frames[frame.index].image, k=-clockwise // 90))

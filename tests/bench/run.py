@@ -1,4 +1,4 @@
-"""Run the FluxFrame benchmarks: ``python -m tests.bench.run --out bench-out --readme README.md``.
+"""Run the FluxFrame benchmarks: ``python -m tests.bench.run --out bench-out --readme docs/performance.md``.
 
 Groups (``--only build,search,render,neural``; all by default):
 

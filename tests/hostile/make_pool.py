@@ -336,7 +336,7 @@ def restore_permissions(root: Path) -> None:
 
 
 def outcome_table(cases: list[Case]) -> str:
-    """The Markdown table the README's Reliability section shows."""
+    """The Markdown table docs/reliability.md shows."""
     lines = ["| input | outcome |", "|---|---|"]
     for case in cases:
         outcome = case.outcome if case.outcome in (INDEXED, SKIPPED) else f"rejected: `{case.outcome}`"

@@ -30,6 +30,8 @@ from tests.media import make_test_video, skimage_images
 TEXT_CASES: dict[str, list[str]] = {
     "--aspect": ["16x9", "0:9", "16:-9", "1:1000", "", "a:b"],
     "--scheduler": ["tcp://127.0.0.1:1"],  # only valid with --backend dask
+    "--color-grid": ["16", "0x9", "axb", "", "300x2"],
+    "--tiles": ["32", "0x18", "32x", "x18", "32x18x2"],
 }
 # Path options whose value is checked by the command itself (a plain file or folder is fine).
 PATH_CASES: dict[str, list[str]] = {"--onnx-model": ["{file}"]}  # --onnx-model is for neural methods only

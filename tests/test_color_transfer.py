@@ -1,0 +1,84 @@
+"""Colour transfer moves a photo's LAB statistics toward its frame's by the strength asked."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from fluxframe_render.color_transfer import ColorParams, ColorTransfer, global_stats, grid_means
+from tests.pools import colour_images
+
+Image = NDArray[np.uint8]
+
+
+def _at_720p(picture: Image) -> Image:
+    return np.asarray(cv2.resize(picture, (1280, 720), interpolation=cv2.INTER_AREA), dtype=np.uint8)
+
+
+def _pair() -> tuple[Image, Image]:
+    """A real frame and a real photo of other colours, at 720p."""
+    pictures = colour_images()
+    return _at_720p(pictures[0]), _at_720p(pictures[1])
+
+
+@pytest.mark.parametrize("mode", ["off", "global", "local"])
+def test_strength_zero_or_off_leaves_the_photo_unchanged(mode: str) -> None:
+    frame, photo = _pair()
+    strength = 0.7 if mode == "off" else 0.0
+    out = ColorTransfer(ColorParams(mode, strength)).apply(photo, frame, cut=True)
+    assert np.array_equal(out, photo)
+
+
+@pytest.mark.parametrize("strength", [0.25, 0.5, 1.0])
+def test_global_moves_each_channel_mean_by_the_strength(strength: float) -> None:
+    frame, photo = _pair()
+    out = ColorTransfer(ColorParams("global", strength)).apply(photo, frame, cut=True)
+    before, target, after = global_stats(photo), global_stats(frame), global_stats(out)
+    for channel in range(3):
+        distance = target[channel] - before[channel]
+        assert abs(distance) > 3  # the pair differs in every channel, so the fraction means something
+        moved = (after[channel] - before[channel]) / distance
+        assert moved == pytest.approx(strength, abs=0.12), channel
+    # Spread moves toward the frame's too (less exactly: colours clipped at the gamut lose some).
+    assert np.all(np.abs(after[3:] - target[3:]) < np.abs(before[3:] - target[3:]) + 0.5)
+
+
+@pytest.mark.parametrize("strength", [0.25, 0.5, 1.0])
+def test_local_closes_the_low_frequency_difference_by_the_strength(strength: float) -> None:
+    frame, photo = _pair()
+    out = ColorTransfer(ColorParams("local", strength, grid=(16, 9))).apply(photo, frame, cut=True)
+    target = grid_means(frame, (16, 9))
+    before = np.abs(target - grid_means(photo, (16, 9))).mean()
+    after = np.abs(target - grid_means(out, (16, 9))).mean()
+    assert after / before == pytest.approx(1 - strength, abs=0.12)
+    # The photo's own detail stays: its edges are where they were.
+    edges_photo = cv2.Canny(cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY), 80, 160) > 0
+    edges_out = cv2.Canny(cv2.cvtColor(out, cv2.COLOR_BGR2GRAY), 80, 160) > 0
+    assert (edges_photo & edges_out).sum() / edges_photo.sum() > 0.6
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_frame_statistics_are_smoothed_within_a_scene_and_restart_at_a_cut(mode: str) -> None:
+    frame, photo = _pair()
+    other = _at_720p(colour_images()[2])
+    params = ColorParams(mode, 0.8, smoothing=0.3)
+    fresh = ColorTransfer(params).apply(photo, other, cut=True)
+
+    def after_a_scene(cut: bool) -> Image:
+        transfer = ColorTransfer(params)
+        for i in range(5):
+            transfer.apply(photo, frame, cut=i == 0)
+        return transfer.apply(photo, other, cut=cut)
+
+    across = after_a_scene(cut=False)
+    assert not np.array_equal(across, fresh)  # within a scene the new frame's colours come in gradually
+    expected = 0.3 * (global_stats(other) if mode == "global" else grid_means(other, params.grid))
+    expected += 0.7 * (global_stats(frame) if mode == "global" else grid_means(frame, params.grid))
+    restarted = after_a_scene(cut=True)
+    assert np.array_equal(restarted, fresh)  # a cut: nothing of the previous scene remains
+    smoothed = ColorTransfer(params)
+    smoothed.frame_stats(frame, cut=True)
+    stats = smoothed.frame_stats(other, cut=False)
+    assert stats is not None and np.allclose(stats, expected, atol=1e-4)
