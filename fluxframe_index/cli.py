@@ -19,6 +19,7 @@ from shared.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 from shared.features.base import all_methods
 from shared.images import DEFAULT_MAX_PIXELS
 from shared.spec import ALL_METHODS, FeatureSpec, parse_aspect
+from shared.tiles import DEFAULT_TILE_SIZE
 
 PROG = "ff-index"
 REJECTED_SHOWN = 20
@@ -144,6 +145,12 @@ def main() -> None:
 @click.option(
     "--update", is_flag=True, help="Update the existing BUNDLE: extract only new and changed files, drop deleted ones."
 )
+@click.option(
+    "--tile-size",
+    type=click.IntRange(min=0),
+    default=DEFAULT_TILE_SIZE,
+    help="Side in px of each image's atlas tile for tile mode (3 x side^2 bytes an image); 0: no tile data.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @debug_option
 def build(
@@ -167,6 +174,7 @@ def build(
     backend: str,
     scheduler: str | None,
     update: bool,
+    tile_size: int,
     quiet: bool,
     debug: bool,
 ) -> None:
@@ -205,6 +213,7 @@ def build(
             backend=backend,
             max_pixels=max_pixels,
             progress=not quiet,
+            tile_size=tile_size or None,
         )
         if scheduler is not None and backend != "dask":
             raise UsageError("--scheduler needs --backend dask")
@@ -279,6 +288,12 @@ def describe(bundle: Bundle) -> list[str]:
         f"vectors     {m.count} x {m.dim} float32  (blocks: {', '.join(f'{b.name} {b.dim}' for b in m.blocks)})",
         f"index       {m.index.kind}"
         + (f" nlist={m.index.nlist} default nprobe={m.index.default_nprobe}" if m.index.kind == "ivf" else ""),
+        "tiles       "
+        + (
+            f"{m.tiles.size}x{m.tiles.size} px atlas + {m.tiles.dim}-d {m.tiles.descriptor} descriptors"
+            if m.tiles is not None
+            else "none (add them with ff-index build POOL BUNDLE --update)"
+        ),
         f"rejected    {m.rejected_count} files (rejected.parquet)",
         f"pool        {m.pool_root}  (fingerprint {m.pool_fingerprint[:16]})",
         f"size        {size / 1e6:.1f} MB in {len(m.files) + 1} files",

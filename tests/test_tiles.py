@@ -9,8 +9,10 @@ import cv2
 import faiss
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from numpy.typing import NDArray
 
+from fluxframe_index import cli as index_cli
 from fluxframe_index.build import BuildOptions, build_bundle
 from fluxframe_index.ivf import build_ivf_index
 from fluxframe_index.update import update_bundle
@@ -364,3 +366,15 @@ def test_an_ivf_bundle_has_a_tile_index(small_pool: Path, tmp_path: Path) -> Non
     assert bundle.tile_index_path == dest / TILE_INDEX and TILE_INDEX in bundle.manifest.files
     index = TileIndex(bundle.tile_descriptors, ivf=open_ivf(dest / TILE_INDEX))
     assert np.array_equal(index.search(bundle.tile_descriptors[:5], 1)[1][:, 0], np.arange(5))
+
+
+def test_ff_index_build_tile_size_zero_writes_no_tile_data_and_info_says_how_to_add_it(
+    small_pool: Path, tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    dest = tmp_path / "bundle"
+    built = runner.invoke(index_cli.main, ["build", str(small_pool), str(dest), "--quiet", "--tile-size", "0"])
+    assert built.exit_code == 0, built.output
+    assert not open_bundle(dest).has_tiles
+    info = runner.invoke(index_cli.main, ["info", str(dest)])
+    assert "tiles       none (add them with ff-index build POOL BUNDLE --update)" in info.output
