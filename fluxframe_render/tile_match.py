@@ -9,9 +9,10 @@ after a kill, with other batch boundaries, chooses the same tiles.
 Per frame, in this order:
 
 1. Coherence: a cell keeps the image it had in the previous frame while that image's
-   distance stays within ``coherence_margin`` (ΔE) of the cell's best candidate, so a
-   still or slowly changing region keeps its tiles instead of boiling between near-equal
-   images. Held cells are claimed first, row-major, under the same reuse rules.
+   distance stays within ``coherence_margin`` (ΔE) of the best the cell can have now (its
+   nearest tile; under reuse rules, what a pass of the rules without holding gives it),
+   so a still or slowly changing region keeps its tiles instead of boiling between
+   near-equal images. Held cells are claimed first, row-major, under the same reuse rules.
 2. The other cells, row-major: the first candidate (by distance, ties by id) that the
    reuse rules allow: at most ``max_uses`` uses of one image in the frame, and two uses of
    one image at least ``min_distance`` cells apart (Chebyshev; metapixel's --distance).
@@ -219,19 +220,40 @@ class TileMatcher:
         return out
 
     def _assign(self, queries: NDArray[np.float32], dist: NDArray[np.float32], ids: NDArray[np.int64]) -> TileFrame:
+        margin = self.rules.coherence_margin
+        if self.previous is None or margin is None:
+            return self._greedy(queries, dist, ids, held=None)
+        # The best a cell can have now: its nearest tile, or under reuse rules what the rules
+        # leave it (a first pass without holding): comparing a held image with a nearest tile
+        # the rules would not give the cell anyway made ruled mosaics switch 2.3x as often.
+        best = dist[:, 0]
+        if self.rules.max_uses or self.rules.min_distance > 1:
+            best = self._greedy(queries, dist, ids, held=None).distance.reshape(-1)
+        previous = self.previous.reshape(-1).astype(np.int64)
+        previous_d = self.index.distances(queries, previous[:, None])[:, 0]
+        keep = previous_d <= best + np.float32(margin)
+        return self._greedy(queries, dist, ids, held=(np.flatnonzero(keep), previous, previous_d))
+
+    def _greedy(
+        self,
+        queries: NDArray[np.float32],
+        dist: NDArray[np.float32],
+        ids: NDArray[np.int64],
+        held: tuple[NDArray[np.intp], NDArray[np.int64], NDArray[np.float32]] | None,
+    ) -> TileFrame:
+        """Held cells (cells, their previous images and distances) claimed first, row-major; then every
+        other cell's first candidate the rules allow, widening the search for cells left without one."""
         cells = queries.shape[0]
         chosen = np.full(cells, -1, dtype=np.int64)
         chosen_d = np.zeros(cells, dtype=np.float32)
         uses = _FrameUses(self.rules, self.cols)
-        margin = self.rules.coherence_margin
-        if self.previous is not None and margin is not None:
-            held = self.previous.reshape(-1).astype(np.int64)
-            held_d = self.index.distances(queries, held[:, None])[:, 0]
-            for cell in np.flatnonzero(held_d <= dist[:, 0] + np.float32(margin)).tolist():
-                image = int(held[cell])
+        if held is not None:
+            held_cells, previous, previous_d = held
+            for cell in held_cells.tolist():
+                image = int(previous[cell])
                 if uses.allows(image, cell):
                     uses.take(image, cell)
-                    chosen[cell], chosen_d[cell] = image, held_d[cell]
+                    chosen[cell], chosen_d[cell] = image, previous_d[cell]
         waiting = [cell for cell in range(cells) if chosen[cell] < 0]
         k = ids.shape[1]
         while waiting:

@@ -213,6 +213,25 @@ def test_coherence_keeps_a_tile_within_the_margin_and_switches_outside_it() -> N
     assert np.array_equal(free.grid.ravel(), best_i[:, 0])
 
 
+def test_under_reuse_rules_coherence_compares_with_what_the_rules_would_give() -> None:
+    index = TileIndex(describe_tiles(_crop_pool(400, seed=1)))
+    grid = (16, 9)
+    geometry = CellGeometry.for_frame(320, 180, grid)
+    first = _frame(2, 320, 180)
+    second = _u8(cv2.convertScaleAbs(np.roll(first, 3, axis=1), alpha=1.08, beta=6))
+    d1, d2 = (describe_frame(f, geometry, SPEC) for f in (first, second))
+    margin, rules = 3.0, {"max_uses": 2, "min_distance": 3}
+    [a, b] = TileMatcher(index, grid, TileRules(coherence_margin=margin, **rules)).match([d1, d2])
+    unheld = TileMatcher(index, grid, TileRules(coherence_margin=None, **rules))
+    unheld.resume(a.grid)  # no state is used without coherence: frame 2 as the rules alone choose it
+    [fresh] = unheld.match([d2])
+    previous_d = index.distances(d2, a.grid.reshape(-1, 1).astype(np.int64))[:, 0]
+    keep = previous_d <= fresh.distance.ravel() + margin
+    assert np.array_equal(b.grid.ravel()[keep], a.grid.ravel()[keep])
+    assert keep.sum() > (previous_d <= index.search(d2, 1)[0][:, 0] + margin).sum()  # more than nearest-only
+    assert _violations(b.grid, 2, 3) == 0
+
+
 def test_batches_and_resume_give_the_same_grids_as_one_run() -> None:
     index = TileIndex(describe_tiles(_crop_pool(300, seed=2)), block_rows=64)
     grid = (8, 6)

@@ -4,10 +4,11 @@
     python -m tests.bench.tile_bench look BUNDLE VIDEO... [--grid 32x18] [--png-dir /tmp/tiles]
     python -m tests.bench.tile_bench speed BUNDLE VIDEO [--grid 32x18]
 
-The look metrics are the house's (DESIGN.md, "How we measure the look"), computed here
-with small local functions until shared/quality.py lands: SSIM of grey 64x36
-thumbnails, mean CIELAB ΔE of 16x9 thumbnails, flicker = mean frame-to-frame ΔE of the
-output's 16x9 thumbnail ÷ the source's.
+The look metrics are the house's (shared/quality.py): SSIM of grey 64x36 thumbnails,
+mean CIELAB ΔE of 16x9 (and 64x36) thumbnails, flicker = mean frame-to-frame ΔE of the
+output's 16x9 thumbnail ÷ the source's; plus SSIM at 256x144, where tiles' content shows,
+and for colour transfer the SSIM at 256x144 between the mosaic with and without it (the
+tiles must stay photos).
 """
 
 from __future__ import annotations
@@ -26,18 +27,19 @@ import av
 import cv2
 import numpy as np
 from numpy.typing import NDArray
-from skimage.metrics import structural_similarity
 
 from fluxframe_index.build import BuildOptions, build_bundle
 from fluxframe_render.tile_compose import TileComposer, lab_shift
 from fluxframe_render.tile_match import TileIndex, TileMatcher, TileRules
 from fluxframe_render.tiles import CellGeometry, describe_frame, parse_grid
 from shared.bundle import open_bundle
+from shared.quality import Thumbnails, delta_e, ssim
 from shared.spec import FeatureSpec
 from tests.bench.data import pool_dir
 
 Image = NDArray[np.uint8]
 BATCH = 16  # frames per matcher call: 9,216 cell queries at 32x18
+FINE_CHECK = (256, 144)
 
 
 def read_frames(path: Path, size: tuple[int, int] | None = None) -> Iterator[Image]:
@@ -49,23 +51,19 @@ def read_frames(path: Path, size: tuple[int, int] | None = None) -> Iterator[Ima
             yield image
 
 
-def _lab_thumb(image: Image, size: tuple[int, int]) -> NDArray[np.float32]:
-    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255
-    return np.asarray(cv2.cvtColor(small, cv2.COLOR_BGR2Lab), dtype=np.float32)
+def _grey(image: Image, size: tuple[int, int]) -> NDArray[np.uint8]:
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return np.asarray(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY), dtype=np.uint8)
 
 
-def delta_e(a: Image, b: Image, size: tuple[int, int] = (16, 9)) -> float:
-    return float(np.linalg.norm(_lab_thumb(a, size) - _lab_thumb(b, size), axis=2).mean())
+def ssim_fine(a: Image, b: Image) -> float:
+    """SSIM of grey 256x144 thumbnails: at the house's 64x36 a 32x18 tile is 2x2 pixels, its content unseen."""
+    return ssim(_grey(a, FINE_CHECK), _grey(b, FINE_CHECK))
 
 
-def ssim_grey(a: Image, b: Image, size: tuple[int, int] = (64, 36)) -> float:
-    grey = [cv2.cvtColor(cv2.resize(x, size, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY) for x in (a, b)]
-    return float(structural_similarity(grey[0], grey[1], data_range=255))  # type: ignore[no-untyped-call]
-
-
-def flicker(frames: list[Image]) -> float:
-    thumbs = [_lab_thumb(f, (16, 9)) for f in frames]
-    steps = [float(np.linalg.norm(b - a, axis=2).mean()) for a, b in itertools.pairwise(thumbs)]
+def flicker(frames: list[Thumbnails]) -> float:
+    """Mean frame-to-frame ΔE of the 16x9 thumbnails."""
+    steps = [delta_e(b.lab_coarse, a.lab_coarse) for a, b in itertools.pairwise(frames)]
     return float(np.mean(steps)) if steps else 0.0
 
 
@@ -117,9 +115,12 @@ class LookRow:
     setting: str
     ssim: float
     delta_e: float
+    delta_e_fine: float
+    ssim_256: float
     flicker_ratio: float
-    switch_rate: float
+    cell_switch_rate: float
     mean_cell_delta_e: float
+    ssim_256_to_untransferred: float | None
 
 
 def render_tiles(
@@ -151,31 +152,45 @@ def render_tiles(
 
 
 def look(bundle: Path, videos: list[Path], grid: tuple[int, int], png_dir: Path | None) -> list[LookRow]:
+    ruled = TileRules(max_uses=4, min_distance=3, coherence_margin=2.0)
     settings = {
         "no coherence": (TileRules(coherence_margin=None), 0.0),
         "coherence 2 ΔE": (TileRules(coherence_margin=2.0), 0.0),
         "coherence 4 ΔE": (TileRules(coherence_margin=4.0), 0.0),
-        "coherence 2, max-uses 4, distance 3": (TileRules(max_uses=4, min_distance=3, coherence_margin=2.0), 0.0),
-        "coherence 2 + colour 0.5": (TileRules(coherence_margin=2.0), 0.5),
+        "coherence 2 ΔE, max-uses 4, distance 3": (ruled, 0.0),
+        "coherence 2 ΔE + colour 0.5": (TileRules(coherence_margin=2.0), 0.5),
+        "coherence 2 ΔE, max-uses 4, distance 3 + colour 0.5": (ruled, 0.5),
     }
     rows = []
     for video in videos:
         source = list(read_frames(video))
-        source_flicker = flicker(source)
+        source_thumbs = [Thumbnails.of(f) for f in source]
+        source_flicker = flicker(source_thumbs)
+        plain: dict[str, list[Image]] = {}
         for name, (rules, strength) in settings.items():
             out, grids, scores = render_tiles(bundle, source, grid, rules, strength)
+            out_thumbs = [Thumbnails.of(f) for f in out]
             switches = [float((a != b).mean()) for a, b in itertools.pairwise(grids)]
+            untransferred = plain.get(name.split(" + ")[0]) if strength > 0 else None
+            pairs = list(zip(out_thumbs, source_thumbs, strict=True))
             row = LookRow(
                 video=video.name,
                 setting=name,
-                ssim=float(np.mean([ssim_grey(o, s) for o, s in zip(out, source, strict=True)])),
-                delta_e=float(np.mean([delta_e(o, s) for o, s in zip(out, source, strict=True)])),
-                flicker_ratio=flicker(out) / source_flicker,
-                switch_rate=float(np.mean(switches)),
+                ssim=float(np.mean([ssim(o.grey, s.grey) for o, s in pairs])),
+                delta_e=float(np.mean([delta_e(o.lab_coarse, s.lab_coarse) for o, s in pairs])),
+                delta_e_fine=float(np.mean([delta_e(o.lab_fine, s.lab_fine) for o, s in pairs])),
+                ssim_256=float(np.mean([ssim_fine(o, s) for o, s in zip(out, source, strict=True)])),
+                flicker_ratio=flicker(out_thumbs) / source_flicker,
+                cell_switch_rate=float(np.mean(switches)),
                 mean_cell_delta_e=float(np.mean(scores)),
+                ssim_256_to_untransferred=None
+                if untransferred is None
+                else float(np.mean([ssim_fine(o, u) for o, u in zip(out, untransferred, strict=True)])),
             )
+            if strength == 0:
+                plain[name] = out
             rows.append(row)
-            print(json.dumps(row.__dict__), flush=True)
+            print(json.dumps(row.__dict__, ensure_ascii=False), flush=True)
             if png_dir is not None:
                 png_dir.mkdir(parents=True, exist_ok=True)
                 for i in (0, len(out) // 2):
