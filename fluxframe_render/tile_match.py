@@ -222,17 +222,18 @@ class TileMatcher:
     def _assign(self, queries: NDArray[np.float32], dist: NDArray[np.float32], ids: NDArray[np.int64]) -> TileFrame:
         margin = self.rules.coherence_margin
         if self.previous is None or margin is None:
-            return self._greedy(queries, dist, ids, held=None)
+            return self._greedy(queries, dist, ids, held=None)[0]
         # The best a cell can have now: its nearest tile, or under reuse rules what the rules
         # leave it (a first pass without holding): comparing a held image with a nearest tile
         # the rules would not give the cell anyway made ruled mosaics switch 2.3x as often.
         best = dist[:, 0]
         if self.rules.max_uses or self.rules.min_distance > 1:
-            best = self._greedy(queries, dist, ids, held=None).distance.reshape(-1)
+            unheld, dist, ids = self._greedy(queries, dist, ids, held=None)
+            best = unheld.distance.reshape(-1)  # (the second pass reuses the first's widened candidates)
         previous = self.previous.reshape(-1).astype(np.int64)
         previous_d = self.index.distances(queries, previous[:, None])[:, 0]
         keep = previous_d <= best + np.float32(margin)
-        return self._greedy(queries, dist, ids, held=(np.flatnonzero(keep), previous, previous_d))
+        return self._greedy(queries, dist, ids, held=(np.flatnonzero(keep), previous, previous_d))[0]
 
     def _greedy(
         self,
@@ -240,9 +241,11 @@ class TileMatcher:
         dist: NDArray[np.float32],
         ids: NDArray[np.int64],
         held: tuple[NDArray[np.intp], NDArray[np.int64], NDArray[np.float32]] | None,
-    ) -> TileFrame:
+    ) -> tuple[TileFrame, NDArray[np.float32], NDArray[np.int64]]:
         """Held cells (cells, their previous images and distances) claimed first, row-major; then every
-        other cell's first candidate the rules allow, widening the search for cells left without one."""
+        other cell's first candidate the rules allow, widening the search for cells left without one.
+
+        Returns the frame and the candidate lists as widened (-1 past a cell's own length)."""
         cells = queries.shape[0]
         chosen = np.full(cells, -1, dtype=np.int64)
         chosen_d = np.zeros(cells, dtype=np.float32)
@@ -255,24 +258,27 @@ class TileMatcher:
                     uses.take(image, cell)
                     chosen[cell], chosen_d[cell] = image, previous_d[cell]
         waiting = [cell for cell in range(cells) if chosen[cell] < 0]
-        k = ids.shape[1]
         while waiting:
             waiting = self._first_allowed(waiting, dist, ids, uses, chosen, chosen_d)
             if not waiting:
                 break
-            if k >= self.index.count:
+            lengths = (ids[waiting] >= 0).sum(axis=1)  # a cell's list may be longer than another's
+            if int(lengths.max()) >= self.index.count:
                 raise UsageError(
                     f"the tile reuse rules (--tile-max-uses {self.rules.max_uses}, --tile-distance "
                     f"{self.rules.min_distance}) cannot be met by a pool of {self.index.count} images "
                     f"on a {self.cols}x{self.rows} grid; loosen them"
                 )
-            k = min(self.index.count, k * WIDEN)
+            k = min(self.index.count, int(lengths.min()) * WIDEN)
             wider_d, wider_i = self.index.search(queries[waiting], k)
-            dist = np.zeros((cells, k), dtype=np.float32)
-            ids = np.full((cells, k), -1, dtype=np.int64)
-            dist[waiting], ids[waiting] = wider_d, wider_i
+            if k > ids.shape[1]:
+                pad = k - ids.shape[1]
+                dist = np.concatenate([dist, np.zeros((cells, pad), dtype=np.float32)], axis=1)
+                ids = np.concatenate([ids, np.full((cells, pad), -1, dtype=np.int64)], axis=1)
+            dist[waiting, :k], ids[waiting, :k] = wider_d, wider_i
+            ids[waiting, k:] = -1
         grid = chosen.astype(np.int32).reshape(self.rows, self.cols)
-        return TileFrame(grid, chosen_d.reshape(self.rows, self.cols))
+        return TileFrame(grid, chosen_d.reshape(self.rows, self.cols)), dist, ids
 
     @staticmethod
     def _first_allowed(

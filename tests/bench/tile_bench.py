@@ -25,15 +25,18 @@ from pathlib import Path
 
 import av
 import cv2
+import faiss
 import numpy as np
 from numpy.typing import NDArray
 
 from fluxframe_index.build import BuildOptions, build_bundle
+from fluxframe_index.ivf import build_ivf_index
 from fluxframe_render.tile_compose import TileComposer, lab_shift
 from fluxframe_render.tile_match import TileIndex, TileMatcher, TileRules
 from fluxframe_render.tiles import CellGeometry, describe_frame, parse_grid
 from shared.bundle import open_bundle
 from shared.quality import Thumbnails, delta_e, ssim
+from shared.search import open_ivf
 from shared.spec import FeatureSpec
 from tests.bench.data import pool_dir
 
@@ -233,6 +236,53 @@ def speed(bundle_path: Path, video: Path, grid: tuple[int, int], frames: int) ->
     }
 
 
+def scale(bundle_path: Path, video: Path, grid: tuple[int, int], sizes: list[int], nlist: int, work: Path) -> None:
+    """Matching time per 1280x720 frame against larger pools, exact and IVF.
+
+    The larger pools' descriptors are the bundle's real ones repeated with Gaussian noise
+    (σ = 1 ΔE per dimension): the distribution of real tiles, at sizes no pool here has.
+    """
+    bundle = open_bundle(bundle_path, verify=False)
+    tiles = bundle.tile_spec()
+    real = np.asarray(bundle.tile_descriptors)
+    geometry = CellGeometry.for_frame(1280, 720, grid)
+    frames = [describe_frame(f, geometry, tiles) for f in list(read_frames(video, (1280, 720)))[:48]]
+    rng = np.random.default_rng(0)
+    work.mkdir(parents=True, exist_ok=True)
+    for size in sizes:
+        path = work / f"tiles-{size}.npy"
+        if not path.exists():
+            rows = real[rng.integers(0, len(real), size)] + rng.normal(0, 1, (size, real.shape[1])).astype(np.float32)
+            np.save(path, rows.astype(np.float32))
+        descriptors = np.load(path, mmap_mode="r")
+        indexes: dict[str, TileIndex] = {"exact": TileIndex(descriptors)}
+        if size >= 100_000:
+            index_path = work / f"tiles-{size}-{nlist}.faiss"
+            if not index_path.exists():
+                started = time.perf_counter()
+                build_ivf_index(path, index_path, nlist=nlist, progress=False, metric=faiss.METRIC_L2)
+                print(f"[scale] IVF{nlist} over {size:,}: {time.perf_counter() - started:.0f} s", flush=True)
+            indexes["ivf"] = TileIndex(descriptors, ivf=open_ivf(index_path))
+        for kind, index in indexes.items():
+            batches = frames if kind == "ivf" or size < 100_000 else frames[:BATCH]
+            matcher = TileMatcher(index, grid, TileRules(max_uses=4, min_distance=3, coherence_margin=2.0))
+            started = time.perf_counter()
+            for start in range(0, len(batches), BATCH):
+                matcher.match(batches[start : start + BATCH])
+            per_frame = 1000 * (time.perf_counter() - started) / len(batches)
+            print(
+                json.dumps(
+                    {
+                        "pool": size,
+                        "search": kind,
+                        "match_ms_per_frame": round(per_frame, 1),
+                        "exact_fallback_rows": index.exact_fallback_rows,
+                    }
+                ),
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -250,11 +300,21 @@ def main() -> None:
     p.add_argument("video", type=Path)
     p.add_argument("--grid", default="32x18")
     p.add_argument("--frames", type=int, default=128)
+    p = sub.add_parser("scale")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("video", type=Path)
+    p.add_argument("--grid", default="32x18")
+    p.add_argument("--sizes", default="20000,1000000")
+    p.add_argument("--nlist", type=int, default=1024)
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fluxframe-tile-scale")
     args = parser.parse_args()
     if args.command == "overhead":
         print(json.dumps(overhead(args.images, args.jobs, args.rounds), indent=2))
     elif args.command == "look":
         look(args.bundle, args.videos, parse_grid(args.grid), args.png_dir)
+    elif args.command == "scale":
+        sizes = [int(x) for x in args.sizes.split(",")]
+        scale(args.bundle, args.video, parse_grid(args.grid), sizes, args.nlist, args.work)
     else:
         print(json.dumps(speed(args.bundle, args.video, parse_grid(args.grid), args.frames), indent=2))
 
