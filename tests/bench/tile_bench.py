@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fluxframe_index.build import BuildOptions, build_bundle
-from fluxframe_index.ivf import build_ivf_index
+from fluxframe_index.ivf import auto_nlist, build_ivf_index
 from fluxframe_render.tile_compose import TileComposer, lab_shift
 from fluxframe_render.tile_match import TileIndex, TileMatcher, TileRules
 from fluxframe_render.tiles import CellGeometry, describe_frame, parse_grid
@@ -237,7 +237,7 @@ def speed(bundle_path: Path, video: Path, grid: tuple[int, int], frames: int) ->
 
 
 def scale(bundle_path: Path, video: Path, grid: tuple[int, int], sizes: list[int], nlist: int, work: Path) -> None:
-    """Matching time per 1280x720 frame against larger pools, exact and IVF.
+    """Matching time per 1280x720 frame against larger pools, exact and IVF (exact at 1M: one batch).
 
     The larger pools' descriptors are the bundle's real ones repeated with Gaussian noise
     (σ = 1 ΔE per dimension): the distribution of real tiles, at sizes no pool here has.
@@ -256,13 +256,13 @@ def scale(bundle_path: Path, video: Path, grid: tuple[int, int], sizes: list[int
             np.save(path, rows.astype(np.float32))
         descriptors = np.load(path, mmap_mode="r")
         indexes: dict[str, TileIndex] = {"exact": TileIndex(descriptors)}
-        if size >= 100_000:
-            index_path = work / f"tiles-{size}-{nlist}.faiss"
-            if not index_path.exists():
-                started = time.perf_counter()
-                build_ivf_index(path, index_path, nlist=nlist, progress=False, metric=faiss.METRIC_L2)
-                print(f"[scale] IVF{nlist} over {size:,}: {time.perf_counter() - started:.0f} s", flush=True)
-            indexes["ivf"] = TileIndex(descriptors, ivf=open_ivf(index_path))
+        lists = nlist or auto_nlist(size)
+        index_path = work / f"tiles-{size}-{lists}.faiss"
+        if not index_path.exists():
+            started = time.perf_counter()
+            build_ivf_index(path, index_path, nlist=lists, progress=False, metric=faiss.METRIC_L2)
+            print(f"[scale] IVF{lists} over {size:,}: {time.perf_counter() - started:.0f} s", flush=True)
+        indexes["ivf"] = TileIndex(descriptors, ivf=open_ivf(index_path))
         for kind, index in indexes.items():
             batches = frames if kind == "ivf" or size < 100_000 else frames[:BATCH]
             matcher = TileMatcher(index, grid, TileRules(max_uses=4, min_distance=3, coherence_margin=2.0))
@@ -305,7 +305,7 @@ def main() -> None:
     p.add_argument("video", type=Path)
     p.add_argument("--grid", default="32x18")
     p.add_argument("--sizes", default="20000,1000000")
-    p.add_argument("--nlist", type=int, default=1024)
+    p.add_argument("--nlist", type=int, default=0, help="IVF lists; 0: the build's auto rule")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fluxframe-tile-scale")
     args = parser.parse_args()
     if args.command == "overhead":
