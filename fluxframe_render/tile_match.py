@@ -31,7 +31,9 @@ import faiss
 import numpy as np
 from numpy.typing import NDArray
 
+from shared.bundle import Bundle
 from shared.errors import UsageError
+from shared.search import open_ivf
 
 # Rows of the mapped descriptor matrix scored per FAISS call: bounds RAM whatever the pool.
 DEFAULT_BLOCK_ROWS = 262_144
@@ -103,6 +105,15 @@ class TileIndex:
                 raise UsageError("the tile IVF index must use the L2 metric")
             nlist = int(ivf.nlist)
             ivf.nprobe = max(1, min(nlist, nprobe or max(16, nlist // 64)))
+
+    @classmethod
+    def for_bundle(cls, bundle: Bundle, *, nprobe: int | None = None) -> TileIndex:
+        """The bundle's tile descriptors, through its tiles.faiss when it has one.
+
+        A bundle without tile data raises the one-line BundleError that names the fix.
+        """
+        path = bundle.tile_index_path
+        return cls(bundle.tile_descriptors, ivf=open_ivf(path) if path is not None else None, nprobe=nprobe)
 
     @property
     def count(self) -> int:

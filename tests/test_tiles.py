@@ -336,6 +336,8 @@ def test_a_bundle_without_tile_data_says_how_to_add_it_and_update_adds_it(
     with pytest.raises(BundleError) as caught:
         _ = plain.atlas
     message = str(caught.value)
+    with pytest.raises(BundleError, match="no tile data"):
+        TileIndex.for_bundle(plain)
     assert "\n" not in message and "no tile data" in message and "--update" in message
 
     _, counts = update_bundle(small_pool, dest, BuildOptions(spec=spec, chunk_size=5))
@@ -378,12 +380,13 @@ def test_the_tile_ivf_index_finds_what_the_exact_scan_finds(tmp_path: Path) -> N
     assert np.all(ivf_d >= exact_d - 1e-6)  # never closer than the true nearest: distances are exact
 
 
-def test_an_ivf_bundle_has_a_tile_index(small_pool: Path, tmp_path: Path) -> None:
+def test_an_ivf_bundle_has_a_tile_index(small_pool: Path, small_bundle: Path, tmp_path: Path) -> None:
     dest = tmp_path / "bundle"
     build_bundle(small_pool, dest, BuildOptions(spec=FeatureSpec(method="spatial_color"), index_kind="ivf"))
     bundle = open_bundle(dest)
     assert bundle.tile_index_path == dest / TILE_INDEX and TILE_INDEX in bundle.manifest.files
-    index = TileIndex(bundle.tile_descriptors, ivf=open_ivf(dest / TILE_INDEX))
+    index = TileIndex.for_bundle(bundle)
+    assert index.ivf is not None and TileIndex.for_bundle(open_bundle(small_bundle)).ivf is None
     assert np.array_equal(index.search(bundle.tile_descriptors[:5], 1)[1][:, 0], np.arange(5))
 
 
