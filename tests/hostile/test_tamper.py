@@ -44,12 +44,16 @@ def bundle_files(bundle: Path) -> list[str]:
 
 
 def test_the_untouched_bundle_verifies(bundle: Path) -> None:
+    # Every file here, tile data included, is covered by the flipped-byte and truncation tests below.
     assert bundle_files(bundle) == [
+        "atlas.npy",
         "images.parquet",
         "index.faiss",
         "manifest.json",
         "projection.npy",
         "rejected.parquet",
+        "tiles.faiss",
+        "tiles.npy",
         "vectors.npy",
     ]
     verify_bundle(bundle)
