@@ -1,4 +1,4 @@
-"""Bundle format v1: write atomically, open read-only and memory-mapped, verify, refuse what is not right."""
+"""Bundle format v2 (v1 still opens; see test_tiles): write atomically, open read-only and memory-mapped, verify, refuse what is not right."""
 
 from __future__ import annotations
 
