@@ -19,8 +19,18 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from fluxframe_index.scan import ScanRejection
-from shared.bundle import IMAGES, IMAGES_ROW_GROUP, IMAGES_SCHEMA, REJECTED_SCHEMA, VECTORS, display_path
+from shared.bundle import (
+    ATLAS,
+    IMAGES,
+    IMAGES_ROW_GROUP,
+    IMAGES_SCHEMA,
+    REJECTED_SCHEMA,
+    TILES,
+    VECTORS,
+    display_path,
+)
 from shared.errors import BundleError
+from shared.tiles import TileSpec
 
 # Metadata columns of images.parquet other than id, in schema order.
 IMAGE_COLUMNS = ("path", "raw_path", "bytes", "mtime_ns", "width", "height", "sha256")
@@ -28,17 +38,45 @@ IMAGE_COLUMNS = ("path", "raw_path", "bytes", "mtime_ns", "width", "height", "sh
 
 @dataclass
 class RowRun:
-    """Consecutive bundle rows: vectors [m, d] and the metadata columns (m values each)."""
+    """Consecutive bundle rows: vectors [m, d], the metadata columns (m values each), and for
+    a bundle with tile data their atlas tiles [m, s, s, 3] and tile descriptors [m, dt]."""
 
     vectors: NDArray[np.float32]
     columns: dict[str, list[Any]]
+    atlas: NDArray[np.uint8] | None = None
+    tiles: NDArray[np.float32] | None = None
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
 
 
-def write_rows(work: Path, dim: int, count: int, runs: Iterable[RowRun]) -> int:
-    """Stream ``runs`` into work/vectors.npy ([count, dim]) and work/images.parquet.
+class _NpyAppender:
+    """An .npy file of a known final shape written front to back with plain appends."""
+
+    def __init__(self, path: Path, dtype: str, shape: tuple[int, ...]) -> None:
+        self.path = path
+        self.dtype = np.dtype(dtype)
+        self.row_shape = shape[1:]
+        self.handle = open(path, "wb")  # noqa: SIM115 - closed by close()
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(self.handle, header)
+
+    def append(self, rows: NDArray[Any]) -> None:
+        if rows.shape[1:] != self.row_shape:
+            raise BundleError(f"{self.path.name}: rows of shape {rows.shape[1:]}, expected {self.row_shape}")
+        self.handle.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
+
+    def sync(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def write_rows(work: Path, dim: int, count: int, runs: Iterable[RowRun], tiles: TileSpec | None = None) -> int:
+    """Stream ``runs`` into work/vectors.npy ([count, dim]) and work/images.parquet, and with
+    ``tiles`` into work/atlas.npy and work/tiles.npy (every run must then carry its tile rows).
 
     The vectors are appended with plain writes after an .npy header: a writable
     memmap would keep every written page in this process's RSS, which then grows
@@ -52,6 +90,12 @@ def write_rows(work: Path, dim: int, count: int, runs: Iterable[RowRun]) -> int:
     writer = pq.ParquetWriter(work / IMAGES, IMAGES_SCHEMA)
     pending: dict[str, list[Any]] = {name: [] for name in IMAGES_SCHEMA.names}
     next_id = 0
+    tile_files: list[_NpyAppender] = []
+    if tiles is not None:
+        tile_files = [
+            _NpyAppender(work / ATLAS, "|u1", (count, tiles.size, tiles.size, 3)),
+            _NpyAppender(work / TILES, "<f4", (count, tiles.dim)),
+        ]
     try:
         for run in runs:
             n = len(run)
@@ -60,6 +104,11 @@ def write_rows(work: Path, dim: int, count: int, runs: Iterable[RowRun]) -> int:
             if next_id + n > count or run.vectors.shape[1] != dim:
                 raise BundleError(f"rows do not add up: {next_id + n} > {count} or dim {run.vectors.shape[1]} != {dim}")
             vectors.write(np.ascontiguousarray(run.vectors, dtype="<f4").tobytes())
+            if tile_files:
+                if run.atlas is None or run.tiles is None or len(run.atlas) != n or len(run.tiles) != n:
+                    raise BundleError("a run of rows lacks its tile data")
+                tile_files[0].append(run.atlas)
+                tile_files[1].append(run.tiles)
             pending["id"].extend(range(next_id, next_id + n))
             for name in IMAGE_COLUMNS:
                 pending[name].extend(run.columns[name])
@@ -71,9 +120,13 @@ def write_rows(work: Path, dim: int, count: int, runs: Iterable[RowRun]) -> int:
             raise BundleError(f"expected {count} rows, assembled {next_id}")
         vectors.flush()
         os.fsync(vectors.fileno())
+        for tile_file in tile_files:
+            tile_file.sync()
     finally:
         writer.close()
         vectors.close()
+        for tile_file in tile_files:
+            tile_file.close()
     return next_id
 
 

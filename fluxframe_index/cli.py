@@ -186,6 +186,12 @@ def describe(bundle: Bundle) -> list[str]:
         f"vectors     {m.count} x {m.dim} float32  (blocks: {', '.join(f'{b.name} {b.dim}' for b in m.blocks)})",
         f"index       {m.index.kind}"
         + (f" nlist={m.index.nlist} default nprobe={m.index.default_nprobe}" if m.index.kind == "ivf" else ""),
+        "tiles       "
+        + (
+            f"{m.tiles.size}x{m.tiles.size} px atlas + {m.tiles.dim}-d {m.tiles.descriptor} descriptors"
+            if m.tiles is not None
+            else "none (add them with ff-index build POOL BUNDLE --update)"
+        ),
         f"rejected    {m.rejected_count} files (rejected.parquet)",
         f"pool        {m.pool_root}  (fingerprint {m.pool_fingerprint[:16]})",
         f"size        {size / 1e6:.1f} MB in {len(m.files) + 1} files",

@@ -2,9 +2,13 @@
 
 A worker gets hundreds of paths and writes one float32 array and one small Parquet
 table; only a few counters travel back to the parent (per-image inter-process
-traffic would cost more than the features). Both shard files are written
+traffic would cost more than the features). Every shard file is written
 atomically, the metadata last, so a shard is complete exactly when its metadata
 file exists: resume skips those.
+
+Tile data (shared.tiles) comes from the same decoded image as the features: the atlas
+tile is a square centre crop of it and its descriptor is computed from that tile, so
+tile mode costs no second read or decode of the pool.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from shared.features.base import Extractor, create_extractor
 from shared.features.neural import configure_runtime
 from shared.images import DEFAULT_MAX_PIXELS, decode_image, prepare_image, read_header, read_image_bytes
 from shared.spec import FeatureSpec
+from shared.tiles import atlas_tile, describe_tiles
 
 SHARD_META_SCHEMA = pa.schema(
     [
@@ -62,6 +67,8 @@ class ChunkTask:
     shard_dir: str
     max_pixels: int = DEFAULT_MAX_PIXELS
     jobs: int = 1  # worker processes sharing this machine's cores (sizes ONNX Runtime's thread pool)
+    tile_size: int = 0  # atlas tile side in px; 0: no tile data
+    features: bool = True  # False: tile data only (adding tiles to a bundle whose features are kept)
 
 
 @dataclass(frozen=True)
@@ -74,11 +81,18 @@ class ChunkStats:
     decode_s: float
     feature_s: float
     write_s: float
+    tile_s: float = 0.0
 
 
 def shard_paths(shard_dir: Path, index: int) -> tuple[Path, Path]:
     stem = shard_dir / f"shard-{index:06d}"
     return stem.with_suffix(".vec.npy"), stem.with_suffix(".meta.parquet")
+
+
+def tile_shard_paths(shard_dir: Path, index: int) -> tuple[Path, Path]:
+    """A shard's atlas tiles and tile descriptors, one row per accepted image (as its vectors)."""
+    stem = shard_dir / f"shard-{index:06d}"
+    return stem.with_suffix(".atlas.npy"), stem.with_suffix(".tiles.npy")
 
 
 _EXTRACTORS: dict[tuple[str, str], Extractor] = {}
@@ -98,12 +112,13 @@ def _extractor(spec: FeatureSpec, asset_dir: str, jobs: int) -> Extractor:
 
 def extract_chunk(task: ChunkTask) -> ChunkStats:
     spec = FeatureSpec.from_dict(task.spec_json)
-    extractor = _extractor(spec, task.asset_dir, task.jobs)
+    extractor = _extractor(spec, task.asset_dir, task.jobs) if task.features else None
     size = spec.prepared_size()
     root = Path(task.pool_root)
     rows: dict[str, list[Any]] = {name: [] for name in SHARD_META_SCHEMA.names}
     prepared: list[NDArray[np.uint8]] = []
-    read_s = decode_s = 0.0
+    tiles: list[NDArray[np.uint8]] = []
+    read_s = decode_s = tile_s = 0.0
     for offset, rel in enumerate(task.paths):
         status, detail, width, height, digest = "ok", "", 0, 0, ""
         t0 = time.perf_counter()
@@ -113,7 +128,12 @@ def extract_chunk(task: ChunkTask) -> ChunkStats:
             t1 = time.perf_counter()
             read_s += t1 - t0
             image = decode_image(data, min_size=size, aspect=size[0] / size[1], max_pixels=task.max_pixels)
-            prepared.append(prepare_image(image, size))
+            if task.features:
+                prepared.append(prepare_image(image, size))
+            if task.tile_size:
+                t_tile = time.perf_counter()
+                tiles.append(atlas_tile(image, task.tile_size))
+                tile_s += time.perf_counter() - t_tile
             # The full size as displayed (EXIF orientation 5-8 swaps the axes), not the DCT-scaled
             # decode's size and not the stored one: the same size load_prepared reports.
             width, height = read_header(data).display_size
@@ -131,17 +151,27 @@ def extract_chunk(task: ChunkTask) -> ChunkStats:
         rows["status"].append(status)
         rows["detail"].append(detail)
     t2 = time.perf_counter()
-    parts = [extractor.extract(prepared[i : i + FEATURE_BATCH]) for i in range(0, len(prepared), FEATURE_BATCH)]
-    dim = sum(b.dim for b in extractor.blocks)
-    vectors = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
-    t3 = time.perf_counter()
     vec_path, meta_path = shard_paths(Path(task.shard_dir), task.index)
-    atomic_save_npy(vec_path, vectors.astype(np.float32, copy=False))
+    if extractor is not None:
+        parts = [extractor.extract(prepared[i : i + FEATURE_BATCH]) for i in range(0, len(prepared), FEATURE_BATCH)]
+        dim = sum(b.dim for b in extractor.blocks)
+        vectors = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
+    t3 = time.perf_counter()
+    if task.tile_size:
+        atlas = np.stack(tiles) if tiles else np.zeros((0, task.tile_size, task.tile_size, 3), dtype=np.uint8)
+        descriptors = describe_tiles(atlas)
+        tile_s += time.perf_counter() - t3
+        atlas_path, tiles_path = tile_shard_paths(Path(task.shard_dir), task.index)
+        atomic_save_npy(atlas_path, atlas)
+        atomic_save_npy(tiles_path, descriptors)
+    t4 = time.perf_counter()
+    if extractor is not None:
+        atomic_save_npy(vec_path, vectors.astype(np.float32, copy=False))
     table = pa.table(rows, schema=SHARD_META_SCHEMA)
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     atomic_write_bytes(meta_path, buffer.getvalue())
-    ok = len(prepared)
+    ok = len(prepared) if task.features else len(tiles)
     return ChunkStats(
         index=task.index,
         images=len(task.paths),
@@ -150,5 +180,6 @@ def extract_chunk(task: ChunkTask) -> ChunkStats:
         read_s=read_s,
         decode_s=decode_s,
         feature_s=t3 - t2,
-        write_s=time.perf_counter() - t3,
+        write_s=time.perf_counter() - t4,
+        tile_s=tile_s,
     )

@@ -107,22 +107,30 @@ def _header(index: faiss.IndexIVFFlat, n: int) -> bytes:
     return bytes(head)
 
 
-def _train(source: _VectorFile, lists: int) -> tuple[faiss.IndexIVFFlat, int]:
+def _train(source: _VectorFile, lists: int, metric: int) -> tuple[faiss.IndexIVFFlat, int]:
     rng = np.random.default_rng(SAMPLE_SEED)
     sample_size = min(source.n, lists * POINTS_PER_CENTROID)
     sample = source.rows(np.sort(rng.choice(source.n, size=sample_size, replace=False)))
-    quantizer = faiss.IndexFlatIP(source.dim)
-    index = faiss.IndexIVFFlat(quantizer, source.dim, lists, faiss.METRIC_INNER_PRODUCT)
+    quantizer = faiss.IndexFlatIP(source.dim) if metric == faiss.METRIC_INNER_PRODUCT else faiss.IndexFlatL2(source.dim)
+    index = faiss.IndexIVFFlat(quantizer, source.dim, lists, metric)
     index.cp.seed = SAMPLE_SEED
     index.train(sample)
     return index, sample_size
 
 
-def build_ivf_index(vectors_path: Path, index_path: Path, *, nlist: int | None, progress: bool) -> IndexInfo:
+def build_ivf_index(
+    vectors_path: Path,
+    index_path: Path,
+    *,
+    nlist: int | None,
+    progress: bool,
+    metric: int = faiss.METRIC_INNER_PRODUCT,
+) -> IndexInfo:
+    """IVF over a float32 matrix file: inner product for feature vectors, METRIC_L2 for tile descriptors."""
     source = _VectorFile(vectors_path)
     n = source.n
     lists = auto_nlist(n) if nlist is None else max(1, min(nlist, n))
-    index, sample_size = _train(source, lists)
+    index, sample_size = _train(source, lists, metric)
     code_size = int(index.code_size)
     header = _header(index, n)
     with progress_bar(2 * n, "ivf lists", "vec", progress) as bar:

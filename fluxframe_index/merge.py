@@ -18,14 +18,27 @@ import numpy as np
 import pyarrow as pa
 
 from fluxframe_index.assemble import IMAGE_COLUMNS, RowRun, sort_key, write_rejected, write_rows
-from fluxframe_index.build import BuildResult, bundle_lock, discard_staging, staging_dir
+from fluxframe_index.build import BuildResult, build_tile_ivf, bundle_lock, discard_staging, staging_dir
 from fluxframe_index.ivf import build_ivf_index
 from fluxframe_index.scan import ScanRejection
-from shared.bundle import INDEX, REJECTED, VECTORS, Bundle, IndexInfo, finalize_bundle, open_bundle
+from shared.bundle import (
+    ATLAS,
+    INDEX,
+    REJECTED,
+    TILE_INDEX,
+    TILES,
+    VECTORS,
+    Bundle,
+    IndexInfo,
+    finalize_bundle,
+    open_bundle,
+)
 from shared.errors import UsageError
 from shared.hashing import sha256_json
 
 RUN_ROWS = 4096
+# Files with one row per image: assembled from the inputs' rows, never copied from one input.
+ROW_FILES = (VECTORS, ATLAS, TILES, TILE_INDEX)
 
 
 def _prefix(root: Path, common: Path) -> str:
@@ -55,7 +68,7 @@ def _merge_bundles(
         for name in first.manifest.files:
             if (
                 name.endswith((".npy", ".onnx"))
-                and name != VECTORS
+                and name not in ROW_FILES
                 and name in other.manifest.files
                 and other.manifest.files[name]["sha256"] != first.manifest.files[name]["sha256"]
             ):
@@ -83,16 +96,18 @@ def _merge_bundles(
     work = stage / "bundle"
     work.mkdir(parents=True)
     for name in first.manifest.files:
-        if name not in (VECTORS, INDEX, REJECTED, "images.parquet", "id_remap.parquet"):
+        if name not in (*ROW_FILES, INDEX, REJECTED, "images.parquet", "id_remap.parquet"):
             shutil.copy2(first.path / name, work / name)
     dim = first.manifest.dim
+    # Tile data survives a merge when every input has the same kind; otherwise `--update` adds it later.
+    tiles = first.manifest.tiles if all(b.manifest.tiles == first.manifest.tiles for b in bundles) else None
 
     def runs() -> Iterator[RowRun]:
         for start in range(0, len(entries), RUN_ROWS):
             block = entries[start : start + RUN_ROWS]
-            yield _run(block, bundles, tables, prefixes, dim)
+            yield _run(block, bundles, tables, prefixes, dim, tiles is not None)
 
-    count = write_rows(work, dim, len(entries), runs())
+    count = write_rows(work, dim, len(entries), runs(), tiles)
     rejected: list[ScanRejection] = []
     for b, prefix in zip(bundles, prefixes, strict=True):
         rej = b.read_rejected_table()
@@ -105,9 +120,12 @@ def _merge_bundles(
     index_info = IndexInfo()
     if index_kind == "ivf":
         index_info = build_ivf_index(work / VECTORS, work / INDEX, nlist=ivf_nlist, progress=progress)
+        if tiles is not None:
+            build_tile_ivf(work, progress)
     manifest = finalize_bundle(
         work,
         dest,
+        tiles=tiles,
         spec=first.spec,
         blocks=first.manifest.blocks,
         pool_root=common,
@@ -117,7 +135,12 @@ def _merge_bundles(
         dim=dim,
         index=index_info,
         extra={
-            "request": {"limit": None, "index": index_kind, "ivf_nlist": ivf_nlist},
+            "request": {
+                "limit": None,
+                "index": index_kind,
+                "ivf_nlist": ivf_nlist,
+                "tiles": tiles.to_dict() if tiles is not None else None,
+            },
             "merged_from": [b.bundle_id for b in bundles],
         },
     )
@@ -126,9 +149,16 @@ def _merge_bundles(
 
 
 def _run(
-    block: list[tuple[bytes, int, int]], bundles: list[Bundle], tables: list[pa.Table], prefixes: list[str], dim: int
+    block: list[tuple[bytes, int, int]],
+    bundles: list[Bundle],
+    tables: list[pa.Table],
+    prefixes: list[str],
+    dim: int,
+    with_tiles: bool,
 ) -> RowRun:
     vectors = np.empty((len(block), dim), dtype=np.float32)
+    atlas = np.stack([bundles[bi].atlas[row] for _, bi, row in block]) if with_tiles else None
+    tiles = np.stack([bundles[bi].tile_descriptors[row] for _, bi, row in block]) if with_tiles else None
     columns: dict[str, list[Any]] = {name: [] for name in IMAGE_COLUMNS}
     for i, (key, bi, row) in enumerate(block):
         vectors[i] = bundles[bi].vectors[row]
@@ -139,4 +169,4 @@ def _run(
             elif name == "path":
                 value = prefixes[bi] + value
             columns[name].append(value)
-    return RowRun(vectors, columns)
+    return RowRun(vectors, columns, atlas, tiles)

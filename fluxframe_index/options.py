@@ -17,6 +17,7 @@ from shared.cli_support import QUIET_HELP
 from shared.images import DEFAULT_MAX_PIXELS
 from shared.options import option, validate_fields
 from shared.spec import ALL_METHODS, NEURAL_METHODS, POOLINGS, FeatureSpec, parse_aspect
+from shared.tiles import DEFAULT_TILE_SIZE
 
 INPUT = "Input"
 FEATURES = "Features"
@@ -115,6 +116,13 @@ class BuildCommandLine:
         "Replace a BUNDLE built with other feature options (refused without it: its renders would no longer match).",
         OUTPUT,
     )
+    tile_size: int = option(
+        DEFAULT_TILE_SIZE,
+        "Side in px of each image's atlas tile for tile mode (3 x side^2 bytes an image); 0: no tile data.",
+        OUTPUT,
+        minimum=0,
+        maximum=256,
+    )
     progress: bool = option(True, QUIET_HELP, OUTPUT, off_flag="--quiet")
 
     def __post_init__(self) -> None:
@@ -151,4 +159,5 @@ class BuildCommandLine:
             max_pixels=self.max_pixels,
             progress=self.progress,
             replace=self.replace,
+            tile_size=self.tile_size or None,
         )

@@ -6,10 +6,15 @@ are extracted, and files the old bundle rejected are tried again; deleted ones
 are dropped. Ids follow sorted paths exactly as a full build would, so an update
 gives the same bundle a full rebuild gives; old ids map to new ones through
 id_remap.parquet. A pool unchanged since the bundle was written leaves it as it is.
+
+Tile data of kept files is copied from the old bundle; a bundle without it (written
+before tile mode, or with another tile size) gets it by decoding the kept files once
+for their tiles only: their features are kept, not recomputed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -20,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -31,6 +37,7 @@ from fluxframe_index.build import (
     bundle_lock,
     chunk_tasks,
     discard_staging,
+    load_tile_shard,
     prepare_staging,
     refuse_bundle_inside_pool,
     run_chunks,
@@ -38,13 +45,14 @@ from fluxframe_index.build import (
     shard_run,
     staging_dir,
 )
-from fluxframe_index.extract import ChunkStats, shard_paths
+from fluxframe_index.extract import ChunkStats, ChunkTask, shard_paths
 from fluxframe_index.scan import PoolEntry, ScanRejection, ScanResult, describe_unusable, scan_pool
-from shared.bundle import display_path, open_bundle
+from shared.bundle import Bundle, display_path, open_bundle
 from shared.cli_support import progress_bar
-from shared.errors import InputError, UsageError
+from shared.errors import BundleError, InputError, UsageError
 from shared.features.base import create_extractor, method_info
 from shared.hashing import sha256_json
+from shared.tiles import TileSpec
 
 ID_REMAP = "id_remap.parquet"
 ID_REMAP_SCHEMA = pa.schema([("old_id", pa.int64()), ("new_id", pa.int64())])
@@ -140,7 +148,11 @@ def _update_bundle(
         "entries": len(todo),
         "max_pixels": options.max_pixels,
         "spec_sha256": spec.sha256(),
+        "tile_size": options.tile_size,
     }
+    tiles = options.tiles
+    # Kept files need tiles computed when the old bundle has none of this kind.
+    tiles_from_old = tiles is None or old.manifest.tiles == tiles
     prepare_staging(stage, plan)
     shard_dir, asset_dir = stage / "shards", stage / "assets"
     asset_dir.mkdir(exist_ok=True)
@@ -149,8 +161,19 @@ def _update_bundle(
         shutil.copy2(old.path / name, asset_dir / name)
     todo_scan = ScanResult(root=scan.root, entries=todo, rejected=[])
     tasks = chunk_tasks(todo_scan, spec, asset_dir, shard_dir, options)
+    tile_dir = stage / "tile-shards"
+    tile_dir.mkdir(exist_ok=True)
+    kept_entries = [e for e in scan.entries if e.path in keep]
+    tile_tasks = []
+    if not tiles_from_old:
+        kept_scan = ScanResult(root=scan.root, entries=kept_entries, rejected=[])
+        tile_tasks = [
+            dataclasses.replace(t, features=False) for t in chunk_tasks(kept_scan, spec, asset_dir, tile_dir, options)
+        ]
     pending = [t for t in tasks if not shard_paths(shard_dir, t.index)[1].exists()]
-    with progress_bar(len(todo), "extract", "img", options.progress) as bar:
+    pending += [t for t in tile_tasks if not shard_paths(tile_dir, t.index)[1].exists()]
+    todo_images = len(todo) + (0 if tiles_from_old else len(kept_entries))
+    with progress_bar(todo_images, "extract", "img", options.progress) as bar:
         for stats in run_chunks(pending, options):
             bar.update(stats.images)
             if on_chunk is not None:
@@ -170,11 +193,12 @@ def _update_bundle(
     rejected: list[ScanRejection] = list(scan.rejected)
     for task in tasks:
         meta = pq.read_table(shard_paths(shard_dir, task.index)[1])
-        run, bad = shard_run(shard_dir, task.index, meta, dim)
+        run, bad = shard_run(shard_dir, task.index, meta, dim, tiles)
         rejected.extend(bad)
         runs_by_task[task.index] = run
         for row, raw in enumerate(run.columns["raw_path"]):
             fresh[os.fsdecode(raw)] = (task.index, row)
+    kept_tiles = _tile_only_rows(tile_tasks, tile_dir, tiles)
     order = [e.path for e in scan.entries if e.path in keep or e.path in fresh]
     count = len(order)
     if count == 0:
@@ -197,6 +221,9 @@ def _update_bundle(
             old_vectors = old.vectors[np.asarray(old_ids, dtype=np.int64)] if old_ids else None
             old_meta = full_old.take(pa.array(old_ids, type=pa.int64())) if old_ids else None
             old_columns = {n: old_meta.column(n).to_pylist() for n in IMAGE_COLUMNS} if old_meta is not None else {}
+            atlas = np.empty((len(block), tiles.size, tiles.size, 3), dtype=np.uint8) if tiles else None
+            descriptors = np.empty((len(block), tiles.dim), dtype=np.float32) if tiles else None
+            old_atlas, old_descriptors = _old_tile_rows(old, old_ids) if tiles and tiles_from_old else (None, None)
             k = 0
             for row, path in enumerate(block):
                 if path in keep:
@@ -204,6 +231,11 @@ def _update_bundle(
                     vectors[row] = old_vectors[k]
                     for name in IMAGE_COLUMNS:
                         columns[name].append(mtimes[path] if name == "mtime_ns" else old_columns[name][k])
+                    if atlas is not None and descriptors is not None:
+                        if old_atlas is not None and old_descriptors is not None:
+                            atlas[row], descriptors[row] = old_atlas[k], old_descriptors[k]
+                        else:
+                            atlas[row], descriptors[row] = kept_tiles[path]
                     remap_old.append(keep[path])
                     remap_new.append(start + row)
                     k += 1
@@ -213,9 +245,12 @@ def _update_bundle(
                     vectors[row] = run.vectors[shard_row]
                     for name in IMAGE_COLUMNS:
                         columns[name].append(run.columns[name][shard_row])
-            yield RowRun(vectors, columns)
+                    if atlas is not None and descriptors is not None:
+                        assert run.atlas is not None and run.tiles is not None
+                        atlas[row], descriptors[row] = run.atlas[shard_row], run.tiles[shard_row]
+            yield RowRun(vectors, columns, atlas, descriptors)
 
-    write_rows(work, dim, count, runs())
+    write_rows(work, dim, count, runs(), tiles)
     pq.write_table(pa.table({"old_id": remap_old, "new_id": remap_new}, schema=ID_REMAP_SCHEMA), work / ID_REMAP)
     rejected.sort(key=lambda r: sort_key(r.path))
     manifest = seal_bundle(
@@ -228,9 +263,43 @@ def _update_bundle(
         count=count,
         rejected=rejected,
         options=options,
-        extra={"updated_from": old.bundle_id, "update": counts.to_dict(), "plan_sha256": sha256_json(plan)},
+        extra={
+            "tiles_added": not tiles_from_old,
+            "updated_from": old.bundle_id,
+            "update": counts.to_dict(),
+            "plan_sha256": sha256_json(plan),
+        },
     )
     discard_staging(stage)
     seconds = time.perf_counter() - started
     result = BuildResult(bundle, manifest, False, count, rejected, 0, seconds, skipped_folders=scan.skipped_folders)
     return result, counts
+
+
+def _old_tile_rows(old: Bundle, ids: list[int]) -> tuple[npt.NDArray[np.uint8] | None, npt.NDArray[np.float32] | None]:
+    if not ids:
+        return None, None
+    index = np.asarray(ids, dtype=np.int64)
+    return np.asarray(old.atlas[index]), np.asarray(old.tile_descriptors[index])
+
+
+def _tile_only_rows(
+    tasks: list[ChunkTask], tile_dir: Path, tiles: TileSpec | None
+) -> dict[str, tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]]:
+    """Tiles of kept files computed for this update, by path. A kept file that no longer decodes
+    (it has the size and mtime it had when its features were made) stops the update."""
+    out: dict[str, tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]] = {}
+    if tiles is None:
+        return out
+    for task in tasks:
+        meta = pq.read_table(shard_paths(tile_dir, task.index)[1])
+        statuses = meta.column("status").to_pylist()
+        raw_paths = meta.column("raw_path").to_pylist()
+        ok = [os.fsdecode(raw) for raw, status in zip(raw_paths, statuses, strict=True) if status == "ok"]
+        failed = [os.fsdecode(raw) for raw, status in zip(raw_paths, statuses, strict=True) if status != "ok"]
+        if failed:
+            raise BundleError(f"{failed[0]}: kept in the bundle but no longer decodes; run a full build")
+        atlas, descriptors = load_tile_shard(tile_dir, task.index, len(ok), tiles)
+        for row, path in enumerate(ok):
+            out[path] = (atlas[row], descriptors[row])
+    return out

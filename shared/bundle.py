@@ -1,6 +1,6 @@
 """Bundles: write them atomically, open them read-only and memory-mapped, verify them.
 
-Layout (format version 1)::
+Layout (format version 2; version 1 bundles, which have no tile data, still open)::
 
     BUNDLE/manifest.json     what everything else is, with each file's size and sha256
     BUNDLE/images.parquet    id, path, raw_path (relative to the pool root), bytes, mtime_ns, width, height, sha256
@@ -8,6 +8,12 @@ Layout (format version 1)::
     BUNDLE/vectors.npy       float32 [n, d], unit norm, opened with mmap_mode="r"
     BUNDLE/index.faiss       optional IVF index, opened with IO_FLAG_MMAP
     BUNDLE/projection.npy / model.onnx   assets the method needs
+    BUNDLE/atlas.npy         uint8 [n, s, s, 3] BGR tiles (tile mode), opened with mmap_mode="r"
+    BUNDLE/tiles.npy         float32 [n, d] tile colour-layout descriptors (shared.tiles), mmapped
+    BUNDLE/tiles.faiss       optional L2 IVF index over tiles.npy (--index ivf), opened with IO_FLAG_MMAP
+
+The manifest's "tiles" entry (version 2) describes atlas.npy and tiles.npy, or is null
+when the bundle has none.
 
 The bundle_id is the sha256 of the manifest's canonical JSON (without bundle_id),
 and the manifest names every file's sha256, so the id pins every byte.
@@ -39,13 +45,19 @@ from shared.errors import BundleError, ImageDecodeError
 from shared.features.base import Block, Extractor, create_extractor
 from shared.hashing import sha256_file, sha256_json
 from shared.spec import FeatureSpec
+from shared.tiles import TileSpec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 is version 2 without the "tiles" entry: it opens, and has no tile data.
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 VECTORS = "vectors.npy"
 IMAGES = "images.parquet"
 REJECTED = "rejected.parquet"
 INDEX = "index.faiss"
+ATLAS = "atlas.npy"
+TILES = "tiles.npy"
+TILE_INDEX = "tiles.faiss"  # L2 IVF over tiles.npy, in bundles built with --index ivf
 
 IMAGES_SCHEMA = pa.schema(
     [
@@ -99,9 +111,10 @@ class Manifest:
     files: dict[str, dict[str, Any]]
     extra: dict[str, Any] = field(default_factory=dict)
     bundle_id: str = ""
+    tiles: TileSpec | None = None
 
     def body(self) -> dict[str, Any]:
-        return {
+        body = {
             "format_version": self.format_version,
             "tool_version": self.tool_version,
             "created_at": self.created_at,
@@ -117,6 +130,10 @@ class Manifest:
             "files": self.files,
             "extra": self.extra,
         }
+        if self.format_version >= 2:
+            # Not in a version 1 body: its bundle_id was hashed without it.
+            body["tiles"] = self.tiles.to_dict() if self.tiles is not None else None
+        return body
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.body(), "bundle_id": self.bundle_id}
@@ -140,10 +157,10 @@ def parse_manifest(path: Path, data: dict[str, Any]) -> Manifest:
     if not isinstance(data, dict):
         raise BundleError(f"{path}: not a bundle manifest")
     version = data.get("format_version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version not in READABLE_VERSIONS:
         raise BundleError(
-            f"{path}: bundle format version {version!r} is not supported (this FluxFrame reads version "
-            f"{FORMAT_VERSION}); rebuild it with this version of ff-index"
+            f"{path}: bundle format version {version!r} is not supported (this FluxFrame reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}); rebuild it with this version of ff-index"
         )
     # The seal is checked on the JSON as read, before any field is interpreted: a changed byte
     # anywhere (a key, a value) is reported as what it is, tampering, not as whatever field
@@ -178,6 +195,7 @@ def parse_manifest(path: Path, data: dict[str, Any]) -> Manifest:
             files=files,
             extra=dict(data.get("extra") or {}),
             bundle_id=str(data["bundle_id"]),
+            tiles=TileSpec.from_dict(dict(data["tiles"])) if version >= 2 and data["tiles"] is not None else None,
         )
     except BundleError:
         raise
@@ -190,6 +208,8 @@ def parse_manifest(path: Path, data: dict[str, Any]) -> Manifest:
     for required in (VECTORS, IMAGES, REJECTED):
         if required not in files:
             raise BundleError(f"{path}: manifest lists no {required}")
+    if manifest.tiles is not None and not {ATLAS, TILES} <= files.keys():
+        raise BundleError(f"{path}: manifest describes tile data but lists no {ATLAS} and {TILES}")
     if manifest.index.kind not in ("flat", "ivf") or (manifest.index.kind == "ivf" and INDEX not in files):
         raise BundleError(f"{path}: unknown or incomplete index kind {manifest.index.kind!r}")
     return manifest
@@ -242,6 +262,7 @@ def finalize_bundle(
     dim: int,
     index: IndexInfo,
     extra: dict[str, Any] | None = None,
+    tiles: TileSpec | None = None,
 ) -> Manifest:
     """Hash every file in ``work_dir``, write the manifest, and move the folder to ``dest`` atomically.
 
@@ -266,6 +287,7 @@ def finalize_bundle(
         index=index,
         files=files,
         extra=extra or {},
+        tiles=tiles,
     )
     manifest = Manifest(**{**manifest.__dict__, "bundle_id": sha256_json(manifest.body())})
     atomic_write_json(work_dir / MANIFEST, manifest.to_dict())
@@ -332,6 +354,49 @@ class Bundle:
             )
         return array  # type: ignore[no-any-return]
 
+    @property
+    def has_tiles(self) -> bool:
+        return self.manifest.tiles is not None
+
+    def tile_spec(self) -> TileSpec:
+        """The bundle's tile data description; a one-line BundleError naming the fix when it has none."""
+        if self.manifest.tiles is None:
+            raise BundleError(
+                f"{self.path}: this bundle has no tile data (built before tile mode); add it with "
+                f"`ff-index build POOL {self.path} --update` (features are kept, only tiles are computed)"
+            )
+        self.manifest.tiles.check_supported()
+        return self.manifest.tiles
+
+    @property
+    def tile_index_path(self) -> Path | None:
+        """The IVF index over the tile descriptors, when the bundle has one (built with --index ivf)."""
+        self.tile_spec()
+        return self.path / TILE_INDEX if TILE_INDEX in self.manifest.files else None
+
+    @cached_property
+    def atlas(self) -> NDArray[np.uint8]:
+        """uint8 [n, s, s, 3] BGR atlas tiles, memory-mapped read-only."""
+        spec = self.tile_spec()
+        return self._mapped(ATLAS, np.dtype(np.uint8), (self.count, spec.size, spec.size, 3))
+
+    @cached_property
+    def tile_descriptors(self) -> NDArray[np.float32]:
+        """float32 [n, d] colour-layout descriptors of the atlas tiles (shared.tiles), memory-mapped."""
+        spec = self.tile_spec()
+        return self._mapped(TILES, np.dtype(np.float32), (self.count, spec.dim))
+
+    def _mapped(self, name: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> NDArray[Any]:
+        try:
+            array = np.load(self.path / name, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{self.path / name}: unreadable ({exc})") from None
+        if array.dtype != dtype or array.shape != shape:
+            raise BundleError(
+                f"{self.path / name}: shape {array.shape} {array.dtype} does not match the manifest ({shape} {dtype})"
+            )
+        return array  # type: ignore[no-any-return]
+
     def extractor(self) -> Extractor:
         extractor = create_extractor(self.spec, self.path)
         if tuple(extractor.blocks) != self.manifest.blocks:
@@ -358,6 +423,8 @@ class Bundle:
             if name == IMAGES and rows != self.count:
                 raise BundleError(f"{self.path / name}: {rows} rows, the manifest says {self.count}")
         _ = self.vectors
+        if self.has_tiles:
+            _ = self.atlas, self.tile_descriptors
 
     def relative_paths(self, ids: NDArray[np.int64] | list[int]) -> list[str]:
         """Pool-relative paths of image ids, reading only the Parquet row groups that hold them."""

@@ -1,4 +1,5 @@
-"""Bundle format v1: write atomically, open read-only and memory-mapped, verify, refuse what is not right."""
+"""Bundle format v2 (v1 still opens; see test_tiles): write atomically, open read-only and mmapped, verify,
+refuse what is not right."""
 
 from __future__ import annotations
 
@@ -77,7 +78,14 @@ def test_built_bundle_opens_read_only_and_memory_mapped(opened_small_bundle: Bun
     manifest = bundle.manifest
     assert manifest.format_version == FORMAT_VERSION
     assert manifest.spec.method == "spatial_color" and manifest.spec_sha256 == manifest.spec.sha256()
-    assert sorted(manifest.files) == ["images.parquet", "projection.npy", "rejected.parquet", "vectors.npy"]
+    assert sorted(manifest.files) == [
+        "atlas.npy",
+        "images.parquet",
+        "projection.npy",
+        "rejected.parquet",
+        "tiles.npy",
+        "vectors.npy",
+    ]
     assert manifest.count == 12 and manifest.rejected_count == 0 and manifest.dim == 256
     assert manifest.index == IndexInfo(kind="flat")
     assert [(b.name, b.dim) for b in manifest.blocks] == [("edge", 16), ("texture", 16), ("color", 224)]
@@ -134,7 +142,7 @@ def test_a_missing_file_is_refused(name: str, small_bundle: Path, tmp_path: Path
         open_bundle(bundle, verify=False)
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+@pytest.mark.parametrize("version", [0, 3, "1", "2", None, True])
 def test_unknown_format_versions_are_refused(version: Any, small_bundle: Path, tmp_path: Path) -> None:
     bundle = copy_tree(small_bundle, tmp_path / "bundle")
     _edit_manifest(bundle, lambda m: m.__setitem__("format_version", version))

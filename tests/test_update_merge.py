@@ -43,8 +43,10 @@ def options(**kwargs: Any) -> BuildOptions:
 
 
 def assert_same_bundle(a: Path, b: Path) -> None:
-    """Same vectors byte for byte, same image table (ids, paths, sizes, mtimes, hashes), same rejections."""
-    assert (a / "vectors.npy").read_bytes() == (b / "vectors.npy").read_bytes()
+    """Same vectors and tile data byte for byte, same image table (ids, paths, sizes, mtimes, hashes),
+    same rejections."""
+    for name in ("vectors.npy", "atlas.npy", "tiles.npy"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
     ta, tb = pq.read_table(a / "images.parquet"), pq.read_table(b / "images.parquet")
     assert ta.column("path").to_pylist() == tb.column("path").to_pylist()
     assert ta.equals(tb)

@@ -46,12 +46,16 @@ def bundle_files(bundle: Path) -> list[str]:
 
 
 def test_the_untouched_bundle_verifies(bundle: Path) -> None:
+    # Every file here, tile data included, is covered by the flipped-byte and truncation tests below.
     assert bundle_files(bundle) == [
+        "atlas.npy",
         "images.parquet",
         "index.faiss",
         "manifest.json",
         "projection.npy",
         "rejected.parquet",
+        "tiles.faiss",
+        "tiles.npy",
         "vectors.npy",
     ]
     verify_bundle(bundle)
@@ -124,14 +128,14 @@ def test_a_truncated_file_is_refused_even_without_verification(bundle: Path, tmp
         open_bundle(copy, verify=False)
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", None])
+@pytest.mark.parametrize("version", [3, 0, "1", None])
 def test_an_unknown_format_version_is_refused(bundle: Path, tmp_path: Path, version: object) -> None:
     copy = copy_bundle(bundle, tmp_path / "future")
     rewrite_manifest(copy, {"format_version": version})
     with pytest.raises(BundleError, match="format version"):
         open_bundle(copy)
-    if version == 2:
-        assert_clean_failure(run("ff-index", ["verify", copy]), EXIT_BUNDLE, "format version 2 is not supported")
+    if version == 3:
+        assert_clean_failure(run("ff-index", ["verify", copy]), EXIT_BUNDLE, "format version 3 is not supported")
 
 
 def test_a_missing_file_is_refused(bundle: Path, tmp_path: Path) -> None:
