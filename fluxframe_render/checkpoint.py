@@ -259,12 +259,20 @@ class Commit(Stage[Choice, Choice]):
     name = "checkpoint"
 
     def __init__(
-        self, checkpoint: Checkpoint, every: int, *, units: bool = False, on_commit: Callable[[int], None] | None = None
+        self,
+        checkpoint: Checkpoint,
+        every: int,
+        *,
+        units: bool = False,
+        on_commit: Callable[[int], None] | None = None,
+        before_save: Callable[[list[Choice]], None] | None = None,
     ) -> None:
         self.checkpoint = checkpoint
         self.every = every
         self.units = units
         self.on_commit = on_commit
+        # Writes what belongs to the choices elsewhere (tile grids) before they are committed.
+        self.before_save = before_save
         self.pending: list[Choice] = []
         self.choices: list[Choice] = []
 
@@ -279,6 +287,8 @@ class Commit(Stage[Choice, Choice]):
     def _save(self, count: int) -> None:
         # Taken out first: a Ctrl-C inside save() must not make close() save them twice.
         saving, self.pending = self.pending[:count], self.pending[count:]
+        if saving and self.before_save is not None:
+            self.before_save(saving)
         self.checkpoint.save(saving)
         if self.on_commit is not None:
             self.on_commit(len(saving))
@@ -315,32 +325,46 @@ def frames_in(path: Path) -> int:
         return 0
 
 
-def switch_matches(out: Path, header: Header) -> str | None:
+def switch_matches(out: Path, header: Header, companions: tuple[str, ...] = ()) -> str | None:
     """Make OUT's checkpoint the one for ``header``'s options, keeping the matches it replaces.
 
-    The current checkpoint, if made with other options, moves to OUT/.matches/ under its
-    match hash; a checkpoint kept there earlier for ``header``'s options comes back. Both
-    are renames in one folder tree: nothing is copied, nothing is lost. Returns the one
-    line to tell the user, or None when nothing changed.
+    The current checkpoint (and its ``companions``, files of OUT that belong to the same
+    matches, e.g. tile grids), if made with other options, moves to OUT/.matches/ under its
+    match hash; those kept there earlier for ``header``'s options come back. All are renames
+    in one folder tree: nothing is copied, nothing is lost. Returns the one line to tell the
+    user, or None when nothing changed.
     """
     current = out / CHECKPOINT_NAME
     old = read_header(current) if current.exists() else None
     if old is not None and old.match_hash == header.match_hash:
         return None
     archive = out / ARCHIVE_DIR
-    kept = archive / f"{header.match_hash[:32]}.jsonl"
+    names = (CHECKPOINT_NAME, *companions)
+
+    def kept(match_hash: str, name: str) -> Path:
+        stem = match_hash[:32]
+        return archive / (f"{stem}.jsonl" if name == CHECKPOINT_NAME else f"{stem}.{name}")
+
     message = None
     try:
         if old is not None:
             archive.mkdir(exist_ok=True)
             frames = frames_in(current)
-            os.replace(current, archive / f"{old.match_hash[:32]}.jsonl")
+            for name in names:
+                if (out / name).exists():
+                    os.replace(out / name, kept(old.match_hash, name))
             message = (
                 f"match options changed ({_differences(old, header)}): matching again; the {frames} frames "
                 f"matched before are kept in {archive} and come back if you return to those options"
             )
-        if kept.exists():
-            os.replace(kept, current)
+        elif not current.exists():
+            # No checkpoint: companions left without one belong to no matches.
+            for name in companions:
+                (out / name).unlink(missing_ok=True)
+        if kept(header.match_hash, CHECKPOINT_NAME).exists():
+            for name in names:
+                if kept(header.match_hash, name).exists():
+                    os.replace(kept(header.match_hash, name), out / name)
             frames = frames_in(current)
             message = (message + "; " if message else "") + f"resuming the {frames} frames kept for these options"
         fsync_dir(out)

@@ -39,6 +39,14 @@ def summary(result: RenderResult) -> str:
         # Frames whose probed IVF lists held too few unused images: a higher --nprobe avoids the detour.
         wider = f", IVF widened {stats['widened_rows']} / exact {stats['exact_fallback_rows']} searches"
     look = f"; {result.quality.line()}" if result.quality is not None else ""
+    if result.tiles is not None:
+        t = result.tiles
+        images = f"{t['grid']} tiles from {t['distinct_images']} distinct images"
+        images += f", cells switching {t['cell_switch_rate']:.0%}"
+        return (
+            f"{PROG}: {result.frames} frames at {result.fps:g} fps{resumed}, {images}{look}, "
+            f"{result.total_seconds:.1f} s -> {where}"
+        )
     return (
         f"{PROG}: {result.frames} frames at {result.fps:g} fps{resumed}, mean score {result.mean_score:.3f}, "
         f"{result.distinct_images} distinct images, {result.repeats} repeats{held}{assign}{wider}{look}, "

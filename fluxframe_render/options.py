@@ -143,9 +143,10 @@ class RenderOptions:
     tile_distance: int = option(
         0, "--tiles: minimum distance in cells between two identical tiles of a frame.", TILES, minimum=0
     )
-    tile_margin: float = option(
-        4.0,
-        "--tiles: a cell keeps its image while it stays within this colour distance (ΔE) of the best one.",
+    tile_coherence: float = option(
+        2.0,
+        "--tiles: a cell keeps its image while that image stays within this colour distance (ΔE) of the best "
+        "one, so the mosaic does not boil.",
         TILES,
         minimum=0,
     )

@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from fluxframe_render.assign import candidate_depth
 from fluxframe_render.checkpoint import (
     CHECKPOINT_NAME,
@@ -45,17 +48,22 @@ from fluxframe_render.options import COHERENCE_CANDIDATES, RenderOptions, parse_
 from fluxframe_render.output import ChoiceFrames, Colour, FullFrame, OutputFrame, Quality
 from fluxframe_render.pipeline import Runner, RunTimings, Stage
 from fluxframe_render.policies import GlobalAssign, Hold, PerFrame, Policy, Smooth
-from fluxframe_render.report import ReportBuilder
+from fluxframe_render.report import ReportBuilder, tile_zoom_crop
 from fluxframe_render.reuse import ReuseLedger
 from fluxframe_render.scenes import CutParams
 from fluxframe_render.select import HELD, Choice, SelectionPolicy, Selector
 from fluxframe_render.sinks import FramesSink, Mp4Sink, ReportSink, SamplesSink
+from fluxframe_render.tile_compose import TileComposer
+from fluxframe_render.tile_match import TileIndex, TileMatcher, TileRules
+from fluxframe_render.tile_record import TILE_GRIDS, TILE_LOG, TileGridLog, read_tile_grids
+from fluxframe_render.tile_stages import TileCompose, TileFrames, TileSelect
+from fluxframe_render.tiles import CellGeometry
 from fluxframe_render.video import FrameReader, VideoInfo, VideoWriter, output_schedule, probe_video
 from shared import __version__
 from shared.atomic import atomic_write_json
 from shared.bundle import INDEX, Bundle, open_bundle
 from shared.cli_support import progress_bar
-from shared.errors import InputError, OutputError, UsageError
+from shared.errors import InputError, OutputError, StateError, UsageError
 from shared.features.base import normalize_weights
 from shared.own_folders import is_inside
 from shared.quality import FrameQuality, QualitySummary
@@ -100,6 +108,7 @@ class RenderResult:
     search_stats: dict[str, int] = field(default_factory=dict)
     timings: dict[str, RunTimings] = field(default_factory=dict)  # "match", "output": per-stage seconds
     quality: QualitySummary | None = None  # the look against the source (None with skip_output)
+    tiles: dict[str, Any] | None = None  # tile mode's totals (results.json "tiles")
 
     @property
     def output_fps(self) -> float:
@@ -168,6 +177,8 @@ class _Render:
             self.warn("the bundle's features are neural (one block): the edge/texture/colour weights do not apply")
         if options.nprobe is not None and self.bundle.manifest.index.kind != "ivf":
             self.warn("--nprobe only applies to IVF bundles; this bundle is searched exactly")
+        if options.tiles is not None:
+            self.bundle.tile_spec()  # a bundle without tile data: one line naming the fix, before OUT is touched
         _, expected = output_schedule(info, options.fps_override, options.max_seconds)
         pool = self.pool_size()
         if options.uses_limit == 1 and expected > pool:
@@ -180,6 +191,10 @@ class _Render:
                 f"--max-uses {options.uses_limit} allows {pool * options.uses_limit} frames from {pool} images, "
                 f"the video has {expected}; raise --max-uses or use a larger pool"
             )
+
+    def tile_grid(self) -> tuple[int, int]:
+        assert self.options.tiles is not None
+        return parse_grid(self.options.tiles, "--tiles")
 
     def pool_root(self) -> Path:
         root = self.options.pool_root or self.bundle.pool_root
@@ -224,6 +239,17 @@ class _Render:
     def match_options(self, seed: int | None) -> dict[str, Any]:
         """Everything the choices depend on (the checkpoint's header holds it): only what the mode uses."""
         o = self.options
+        if o.tiles is not None:
+            cols, rows = self.tile_grid()
+            return {
+                "tiles": f"{cols}x{rows}",
+                "tile_max_uses": o.tile_max_uses,
+                "tile_distance": o.tile_distance,
+                "tile_coherence": o.tile_coherence,
+                "nprobe": self.nprobe(),
+                "fps_override": o.fps_override,
+                "max_seconds": o.max_seconds,
+            }
         chosen: dict[str, Any] = {
             "weights": normalize_weights(self.bundle.manifest.blocks, o.weights()),
             "search_depth": o.search_depth,
@@ -264,6 +290,63 @@ class _Render:
             start_index=start_index,
             info=self.info,
         )
+
+
+def _end(run: _Render, reader: FrameReader, choices: list[Choice]) -> dict[str, Any]:
+    """The checkpoint's end record: how many frames, at what rate, and how the video ended."""
+    if not choices:
+        raise InputError(f"no frames could be read from {run.video}")
+    return {
+        "frames": len(choices),
+        "fps": reader.fps,
+        "expected": reader.expected,
+        "decoded": reader.decoded,
+        "truncated": reader.truncated,
+        "errors": reader.errors,
+    }
+
+
+TILE_BATCH = 16  # frames whose cells are searched together (32x18 cells: 9,216 queries a call)
+
+
+def _match_tiles(
+    run: _Render, checkpoint: Checkpoint, history: list[Choice]
+) -> tuple[list[Choice], dict[str, Any], RunTimings]:
+    """Phase 1 in tile mode: a grid of pool images per frame; grids go to OUT/tiles.log, then the choices."""
+    options, bundle = run.options, run.bundle
+    done = len(history)
+    grid = run.tile_grid()
+    geometry = CellGeometry.for_frame(run.info.width, run.info.height, grid)
+    rules = TileRules(
+        max_uses=options.tile_max_uses, min_distance=options.tile_distance, coherence_margin=options.tile_coherence
+    )
+    matcher = TileMatcher(TileIndex.for_bundle(bundle, nprobe=run.nprobe()), grid, rules)
+    log = TileGridLog.open(run.out / TILE_LOG, grid[1], grid[0])
+    try:
+        # Grids written after the last committed choice belong to no choice: cut them off.
+        log.truncate(done)
+        # The matcher's only state is the previous frame's grid.
+        matcher.resume(np.array(log.read()[-1]) if done else None)
+        reader = run.reader(done)
+        select = TileSelect(matcher)
+        bar = progress_bar(reader.expected, "matching tiles", "frame", enabled=options.progress, initial=done)
+
+        def save_grids(choices: list[Choice]) -> None:
+            log.append(select.take_grids(choices))
+
+        commit = Commit(checkpoint, options.checkpoint_batch, on_commit=bar.update, before_save=save_grids)
+        source = TileFrames(reader, geometry, bundle.tile_spec(), TILE_BATCH)
+        try:
+            timings = Runner(source, [select, commit]).run()
+        finally:
+            bar.close()
+        choices = history + commit.choices
+        end = _end(run, reader, choices)
+        checkpoint.finish(end)
+        log.finish(run.out / TILE_GRIDS)
+    finally:
+        log.close()
+    return choices, end, timings
 
 
 def _match(
@@ -324,16 +407,7 @@ def _match(
         bar.close()
         run.search_stats = dict(matcher.searcher.stats)
     choices = history + commit.choices
-    if not choices:
-        raise InputError(f"no frames could be read from {run.video}")
-    end = {
-        "frames": len(choices),
-        "fps": reader.fps,
-        "expected": reader.expected,
-        "decoded": reader.decoded,
-        "truncated": reader.truncated,
-        "errors": reader.errors,
-    }
+    end = _end(run, reader, choices)
     checkpoint.finish(end)
     return choices, end, timings
 
@@ -386,7 +460,18 @@ def _output(run: _Render, choices: list[Choice], fps: float, root: Path) -> _Wri
         parse_grid(options.color_grid, "--color-grid"),
     )
     quality = Quality(with_photo=colour.mode != "off")
-    stages: list[Stage[OutputFrame, OutputFrame]] = [FullFrame(images, [c.image_id for c in choices])]
+    compose: Stage[OutputFrame, OutputFrame]
+    if options.tiles is not None:
+        compose = TileCompose(
+            TileComposer(run.bundle.atlas, CellGeometry.for_frame(info.width, info.height, run.tile_grid())),
+            _tile_grids(out, run.tile_grid()),
+            run.bundle.tile_spec(),
+            run.bundle.tile_descriptors,
+            options.tile_color_strength,
+        )
+    else:
+        compose = FullFrame(images, [c.image_id for c in choices])
+    stages: list[Stage[OutputFrame, OutputFrame]] = [compose]
     if colour.mode != "off":
         stages.append(Colour(ColorTransfer(colour)))
     stages.append(quality)
@@ -425,6 +510,19 @@ def _output(run: _Render, choices: list[Choice], fps: float, root: Path) -> _Wri
     return _Written(mp4, writer.audio_mode, len(images.missing), timings, summary, quality.records)
 
 
+def _tile_grids(out: Path, grid: tuple[int, int]) -> NDArray[np.int32]:
+    """The tile grids of a finished match: OUT/tiles.npy, or the log if the run stopped before writing it."""
+    if (out / TILE_GRIDS).exists():
+        return read_tile_grids(out / TILE_GRIDS)
+    if (out / TILE_LOG).exists():
+        log = TileGridLog.open(out / TILE_LOG, grid[1], grid[0])
+        try:
+            return np.array(log.read())
+        finally:
+            log.close()
+    raise StateError(f"{out}: the tile grids of these matches are missing; rerun with --restart")
+
+
 def _write_report(run: _Render, sink: ReportSink, choices: list[Choice], quality: QualitySummary | None) -> None:
     counts = _counts(choices)
     summary: dict[str, Any] = {
@@ -443,7 +541,10 @@ def _write_report(run: _Render, sink: ReportSink, choices: list[Choice], quality
         )
     bundle = {"id": run.bundle.bundle_id[:16], "method": run.bundle.spec.method, "images": run.bundle.count}
     options = {k: v for k, v in run.options.to_dict().items() if k not in ("progress", "timings")}
-    sink.builder.write(run.out / REPORT_NAME, summary, options, bundle, sink.builder.most_used())
+    zoom = None
+    if run.options.tiles is not None and sink.last is not None and sink.last.image is not None:
+        zoom = tile_zoom_crop(sink.last.image, run.tile_grid())
+    sink.builder.write(run.out / REPORT_NAME, summary, options, bundle, sink.builder.most_used(), zoom)
 
 
 class _Progress(Stage[OutputFrame, OutputFrame]):
@@ -566,6 +667,7 @@ def _results(
             "truncated": bool(end.get("truncated")),
         },
         "most_used": most_used,
+        "tiles": _tile_summary(run) if run.options.tiles is not None else None,
         "quality": None if written is None or written.quality is None else _rounded(written.quality.to_dict()),
         "timings": {phase: t.to_dict() for phase, t in timings.items()},
         "frames": [
@@ -579,6 +681,19 @@ def _results(
             }
             for i, (c, p) in enumerate(zip(choices, paths, strict=True))
         ],
+    }
+
+
+def _tile_summary(run: _Render) -> dict[str, Any]:
+    """Tile mode's totals, from the grids: a frame's choice names only its most used tile."""
+    grids = _tile_grids(run.out, run.tile_grid())
+    changed = float(np.mean(grids[1:] != grids[:-1])) if len(grids) > 1 else 0.0
+    return {
+        "grid": run.options.tiles,
+        "grids_file": TILE_GRIDS,
+        "frames": int(grids.shape[0]),
+        "distinct_images": int(np.unique(grids).size),
+        "cell_switch_rate": round(changed, 6),
     }
 
 
@@ -631,7 +746,7 @@ def render(
         seed = _seed(options, out)
         header = Header(run.bundle.bundle_id, video_identity(video, run.info), run.match_options(seed), seed)
         if not options.restart:
-            switched = switch_matches(out, header)
+            switched = switch_matches(out, header, companions=(TILE_LOG, TILE_GRIDS))
             if switched is not None:
                 run.warn(switched)
         checkpoint, progress = Checkpoint.open(out / CHECKPOINT_NAME, header, restart=options.restart)
@@ -642,7 +757,9 @@ def render(
         # Until this run writes it, an earlier run's results.json would describe other output.
         results_path.unlink(missing_ok=True)
         try:
-            if progress.end is None:
+            if progress.end is None and options.tiles is not None:
+                choices, end, timings["match"] = _match_tiles(run, checkpoint, progress.choices)
+            elif progress.end is None:
                 choices, end, timings["match"] = _match(run, checkpoint, progress.header, progress.choices)
             else:
                 choices, end = progress.choices, progress.end
@@ -672,7 +789,8 @@ def render(
         else:
             output.update(video=None, audio=None, frames_dir=None, samples_dir=None, report=None, missing_images=0)
         output_seconds = time.perf_counter() - output_started if root is not None else 0.0
-        atomic_write_json(results_path, _results(run, progress.header, choices, end, output, timings, written))
+        results = _results(run, progress.header, choices, end, output, timings, written)
+        atomic_write_json(results_path, results)
     counts = _counts(choices)
     match_timings = timings.get("match")
     per_frame: dict[str, float] = {}
@@ -700,6 +818,7 @@ def render(
         missing_images=written.missing if written else 0,
         audio=written.audio if written else None,
         quality=written.quality if written else None,
+        tiles=results["tiles"],
         mean_score=counts["mean_score"],
         warnings=run.warnings,
         assign=_assign_summary(run, choices),

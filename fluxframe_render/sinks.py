@@ -89,7 +89,7 @@ class ReportSink(Stage[OutputFrame, OutputFrame]):
     def __init__(self, builder: ReportBuilder, name_of: Callable[[int], str]) -> None:
         self.builder = builder
         self.name_of = name_of
-        self.last_image: OutputFrame | None = None
+        self.last: OutputFrame | None = None  # the last frame, for the report's tile zoom
         self._previous_id: int | None = None
 
     def process(self, item: OutputFrame) -> Iterable[OutputFrame]:
@@ -112,5 +112,5 @@ class ReportSink(Stage[OutputFrame, OutputFrame]):
             self.builder.add_frame(record, item.source, item.image, item.photo)
         else:
             self.builder.add_frame(record, None, None, None)
-        self.last_image = item
+        self.last = item
         return (item,)

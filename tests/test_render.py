@@ -462,8 +462,9 @@ def _kill_when(process: subprocess.Popen[bytes], ready: Callable[[], bool], time
         ({"no_repeat": True, "fps_override": 11.0, "coherence": "off"}, 6),
         ({"coherence": "hold", "hold_margin": 0.01, "max_uses": 2, "min_reuse_gap": 4}, 6),
         ({"coherence": "smooth", "switch_cost": 0.01, "max_uses": 2, "min_reuse_gap": 4, "match_batch": 4}, 2),
+        ({"tiles": "8x6", "tile_max_uses": 3, "tile_distance": 2}, 4),
     ],
-    ids=["random-threshold", "no-repeat", "hold-reuse", "smooth-reuse"],
+    ids=["random-threshold", "no-repeat", "hold-reuse", "smooth-reuse", "tiles"],
 )
 def test_kill_9_while_matching_then_resume_equals_uninterrupted(
     media: Media, tmp_path: Path, options: dict[str, object], kill_after_lines: int
@@ -582,3 +583,64 @@ def test_reuse_rules_hold_in_every_coherence_mode(media: Media, tmp_path: Path, 
     runs = 1 + sum(a != b for a, b in itertools.pairwise(ids))
     assert runs >= 4, "the rules were exercised across scenes"
     assert results(tmp_path)["match_options"]["coherence"] == coherence
+
+
+def test_tiles_build_each_frame_from_the_atlas_and_rerender_without_matching(
+    media: Media, full_render: Path, tmp_path: Path
+) -> None:
+    from fluxframe_render.tile_record import TILE_GRIDS
+
+    out = tmp_path / "out"
+    run = run_cli(media.clip, media.bundle, out, "--tiles", "8x6", "--color-transfer", "off", "--quiet")
+    assert run.code == 0, run.stderr
+    assert "8x6 tiles from" in run.stdout
+    grids = np.load(out / TILE_GRIDS, allow_pickle=False)
+    assert grids.shape == (media.frames, 6, 8) and grids.dtype == np.int32
+    data = results(out)
+    assert data["tiles"]["grid"] == "8x6" and data["tiles"]["distinct_images"] == len(np.unique(grids)) > 1
+    assert data["match_options"]["tiles"] == "8x6"
+    # The output is the atlas tiles themselves, each resized to its cell: frame 7's top-left cell.
+    from shared.bundle import open_bundle
+
+    atlas = open_bundle(media.bundle).atlas
+    frame = decode_bytes((out / "matched_frames" / "frame_000007.jpg").read_bytes())
+    cell = frame[: 180 // 6, : 320 // 8].astype(int)
+    import cv2
+
+    expected = cv2.resize(np.asarray(atlas[grids[7, 0, 0]]), (320 // 8, 180 // 6), interpolation=cv2.INTER_LINEAR)
+    assert np.abs(cell - expected.astype(int)).mean() < 12  # JPEG of the frame
+    # A mosaic follows its frame far closer than one photo does (the same clip, one photo per frame).
+    one_photo = results(full_render)["quality"]
+    assert data["quality"]["mean_delta_e"] < one_photo["mean_delta_e"] / 2
+    assert data["quality"]["mean_ssim"] > 2 * one_photo["mean_ssim"]
+    # Output options only: no matching, the same grids.
+    before = (out / TILE_GRIDS).read_bytes()
+    again = run_cli(media.clip, media.bundle, out, "--tiles", "8x6", "--tile-color-strength", "0.5", "--no-frames")
+    assert again.code == 0 and "60 from checkpoint" in again.stdout, again.stderr
+    assert (out / TILE_GRIDS).read_bytes() == before
+
+
+def test_tile_reuse_rules_hold_in_every_frame(media: Media, tmp_path: Path) -> None:
+    run = run_cli(
+        media.clip, media.bundle, tmp_path, "--tiles", "8x6", "--tile-max-uses", "2", "--tile-distance", "3",
+        "--skip-output", "--quiet",
+    )  # fmt: skip
+    assert run.code == 0, run.stderr
+    grids = np.load(tmp_path / "tiles.npy", allow_pickle=False)
+    for grid in grids:
+        ids, counts = np.unique(grid, return_counts=True)
+        assert counts.max() <= 2
+        for image in ids[counts > 1]:
+            (r1, r2), (c1, c2) = np.nonzero(grid == image)
+            assert max(abs(r1 - r2), abs(c1 - c2)) >= 3
+
+
+def test_tiles_on_a_bundle_without_tile_data_is_one_line(media: Media, tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    from fluxframe_index.build import BuildOptions, build_bundle
+    from shared.spec import FeatureSpec
+
+    build_bundle(media.pool, bare, BuildOptions(spec=FeatureSpec(method="canny"), tile_size=None))
+    run = run_cli(media.clip, bare, tmp_path / "out", "--tiles", "32x18", "--quiet")
+    assert_one_line_error(run, EXIT_BUNDLE, "no tile data", "--update")
+    assert not (tmp_path / "out").exists()
