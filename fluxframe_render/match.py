@@ -22,7 +22,7 @@ from fluxframe_render.scenes import CutDetector, CutParams
 from fluxframe_render.select import FrameRef
 from fluxframe_render.video import FrameReader
 from shared.features.base import Extractor, Image, Vectors, weight_query
-from shared.images import prepare_image
+from shared.images import center_crop_box, prepare_image
 from shared.search import Searcher, UsedSet, exact_scores
 
 # One read of the vectors serves a whole batch of frames: exact search at 1M x 376 costs
@@ -32,6 +32,23 @@ from shared.search import Searcher, UsedSet, exact_scores
 MATCH_WORK = 128_000
 MIN_BATCH = 64
 MAX_BATCH = 1024
+# Frames are decoded straight to this many times the comparison size (one swscale pass
+# converting and scaling), then cropped and INTER_AREA-resized by prepare_image as pool
+# images are. Measured at 720p against the full-size chain: x1 differs by 0.93 grey levels
+# on average (p99 7), x2 by 0.82 (p99 3), x3 by 0.75 at twice the cost of x2; x2 costs
+# 0.8 ms/frame where the full-size conversion and resize cost 5-7.
+DECODE_OVERSAMPLE = 2
+
+
+def decode_size(video: tuple[int, int], prepared: tuple[int, int]) -> tuple[int, int] | None:
+    """(w, h) to decode a ``video``-sized frame at so that its centre crop to ``prepared``'s aspect is
+    DECODE_OVERSAMPLE times ``prepared``; None when that is no smaller than the video."""
+    width, height = video
+    _, _, crop_w, _ = center_crop_box(width, height, prepared[0] / prepared[1])
+    scale = DECODE_OVERSAMPLE * prepared[0] / crop_w
+    if scale >= 1:
+        return None
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def auto_match_batch(dim: int) -> int:
@@ -72,7 +89,8 @@ class VideoFrames(Source[Batch]):
     def items(self) -> Iterator[Batch]:
         frames: list[FrameRef] = []
         images: list[Image] = []
-        for frame in self.reader:
+        info = self.reader.info
+        for frame in self.reader.iter(decode_size((info.width, info.height), self.size)):
             frames.append(FrameRef(frame.index, frame.source_index, frame.time))
             images.append(prepare_image(frame.image, self.size))
             if len(frames) == self.batch:

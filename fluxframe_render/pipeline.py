@@ -156,13 +156,13 @@ class Runner:
         self.timings = RunTimings({source.name: StageTiming(), **{s.name: StageTiming() for s in self.stages}})
 
     def _segments(self) -> list[list[Stage[Any, Any]]]:
+        # A threaded first stage leaves the first segment empty: the source then runs alone in
+        # its own thread (decoding while the stages describe or compose the items before).
         segments: list[list[Stage[Any, Any]]] = [[]]
         for stage in self.stages:
-            if stage.threaded and segments[-1]:
+            if stage.threaded:
                 segments.append([])
             segments[-1].append(stage)
-        if len(segments) > 1 and not segments[0]:
-            segments.pop(0)
         return segments
 
     def run(self) -> RunTimings:
@@ -225,7 +225,7 @@ class Runner:
             thread = threading.Thread(
                 target=guarded,
                 args=(position, inputs, channels[position + 1]),
-                name=f"ff-render-{segments[position][0].name}",
+                name=f"ff-render-{segments[position][0].name if segments[position] else self.source.name}",
                 daemon=True,
             )
             threads.append(thread)

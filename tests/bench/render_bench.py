@@ -1,5 +1,13 @@
 """ff-render through its API: matching ms/frame (--skip-output) and end-to-end frames/s at 720p.
 
+First, each phase side by side with its limit, in the same run, from the stage timings of
+results.json (not timed from outside): a 2,000-image bundle of real JPEGs, the 720p 25 fps
+clip (840 frames, every frame a different picture):
+
+- ``--skip-output`` matching frames/s vs decoding the clip to BGR alone (>= 0.8x);
+- end to end with frames written (default options) vs libx264 veryfast encoding the SAME
+  frames alone, held in a memory-mapped file beforehand (>= 0.9x).
+
 The clip is a 720p H.264 MP4 with AAC audio made from package pictures (data.py); the
 pools are the search benchmark's synthetic bundles (real canny features, tiled), whose
 rows point at real pool JPEGs, so the end-to-end figures decode real images. Exact
@@ -8,11 +16,18 @@ figures use a flat twin of each bundle (same files, no IVF index).
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
+import av
+import cv2
+import numpy as np
+
 from fluxframe_render.render import RenderOptions, render
+from shared.images import load_prepared
 from tests.bench import data
 from tests.bench.common import Context, Row, at_least, at_most, child_dict, size_label
 from tests.bench.isolate import ChildFailed
@@ -31,14 +46,23 @@ E2E_FPS = 25.0
 NO_REPEAT_RATIO = 1.5
 # Pool sizes whose match loop is also timed with --no-repeat (exact and IVF).
 NO_REPEAT_SIZES = (100_000, 1_000_000)
+# The limits of the pipeline issue (#14): a real 2,000-image bundle, 840 frames at 720p.
+LIMIT_POOL = 2_000
+LIMIT_CLIP_SECONDS = 33.6
+MATCH_VS_DECODE = 0.8
+E2E_VS_ENCODE = 0.9
 
 
-def render_once(video: str, bundle: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Child process: one fresh render; returns its counts and timings."""
+def render_once(video: str, bundle: str, out: str, options: dict[str, Any], with_paths: bool = False) -> dict[str, Any]:
+    """Child process: one fresh render; returns its counts, its results.json timings (and chosen paths)."""
     shutil.rmtree(out, ignore_errors=True)
     result = render(Path(video), Path(bundle), Path(out), RenderOptions(**options))
+    written = json.loads(result.results_path.read_text())
     shutil.rmtree(out, ignore_errors=True)
     return {
+        "timings": written["timings"],
+        "paths": [f["path"] for f in written["frames"]] if with_paths else [],
+        "pool_root": written["pool_root"],
         "options": options,
         "frames": result.frames,
         "distinct_images": result.distinct_images,
@@ -54,6 +78,134 @@ def render_once(video: str, bundle: str, out: str, options: dict[str, Any]) -> d
     }
 
 
+def decode_alone(video: str) -> dict[str, Any]:
+    """Child process: the clip decoded to full-size BGR arrays and nothing else (threaded decoder, as ff-render)."""
+    frames = 0
+    started = time.perf_counter()
+    with av.open(video) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            frame.to_ndarray(format="bgr24")
+            frames += 1
+    seconds = time.perf_counter() - started
+    return {"frames": frames, "seconds": seconds, "fps": frames / seconds}
+
+
+def encode_alone(
+    pool_root: str, paths: list[str], size: list[int], fps: float, scratch: str, crf: int = 20, preset: str = "veryfast"
+) -> dict[str, Any]:
+    """Child process: libx264 encoding the frames a render showed, and nothing else.
+
+    The frames (the chosen images at the output size, as the full-frame composer makes them)
+    are loaded first into a memory-mapped file, untimed; then every frame is converted to I420
+    (cv2, as video.VideoWriter does) and encoded to an MP4 with the render's crf and preset.
+    """
+    width, height = size
+    raw = Path(scratch) / "frames.bgr"
+    out = Path(scratch) / "encoded.mp4"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    frames = np.memmap(raw, dtype=np.uint8, mode="w+", shape=(len(paths), height, width, 3))
+    loaded: dict[str, int] = {}
+    for i, rel in enumerate(paths):
+        if rel in loaded:
+            frames[i] = frames[loaded[rel]]
+        else:
+            frames[i] = load_prepared(Path(pool_root) / rel, (width, height))[0]
+            loaded[rel] = i
+    frames.flush()
+    started = time.perf_counter()
+    with av.open(str(out), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=round(fps), options={"crf": str(crf), "preset": preset})
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p"
+        for i in range(len(paths)):
+            planes = np.asarray(cv2.cvtColor(frames[i], cv2.COLOR_BGR2YUV_I420), dtype=np.uint8)
+            picture = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+            picture.pts = i
+            container.mux(stream.encode(picture))
+        container.mux(stream.encode(None))
+    seconds = time.perf_counter() - started
+    del frames
+    shutil.rmtree(scratch, ignore_errors=True)
+    return {"frames": len(paths), "distinct": len(loaded), "seconds": seconds, "fps": len(paths) / seconds}
+
+
+def _stage_note(timings: dict[str, Any]) -> str:
+    """Busy / waiting seconds of every stage of a phase, from results.json."""
+    stages = timings["stages"]
+    return ", ".join(f"{k} {v['busy_s']:.1f}/{v['waiting_s']:.1f}" for k, v in stages.items())
+
+
+def _limits(ctx: Context, figures: dict[str, Any]) -> None:
+    """Each phase against what its slowest outside part alone allows, in one run (issue #14)."""
+    pool = data.pool_dir(LIMIT_POOL, ctx.jobs)
+    bundle = bench_root() / f"canny-real-{LIMIT_POOL}"
+    ctx.log(f"real canny bundle of {size_label(LIMIT_POOL)} pool pictures -> {bundle} (cached)")
+    ctx.isolated(
+        GROUP, "tests.bench.search_bench:build_real_bundle", {"pool": str(pool), "dest": str(bundle)}, measure=False
+    )
+    clip = data.ensure_clip(LIMIT_CLIP_SECONDS, CLIP_FPS, (1280, 720))
+    setting = f"{size_label(LIMIT_POOL)} real JPEGs, 720p {CLIP_FPS} fps, {LIMIT_CLIP_SECONDS:g} s"
+
+    ctx.log("decoding the clip to BGR alone")
+    decoded = child_dict(ctx.isolated(GROUP, "tests.bench.render_bench:decode_alone", {"video": str(clip)}))
+    ctx.log("render --skip-output")
+    matched = _render(ctx, clip, bundle, "limit-match", skip_output=True, verify=False, seed=1)
+    if matched is not None:
+        match = matched["timings"]["match"]
+        fps = matched["frames"] / match["seconds"]
+        ratio = fps / decoded["fps"]
+        figures["limit_match"] = {"render": matched, "decode_alone": decoded}
+        note = f"{fps:.0f} fps vs decode alone {decoded['fps']:.0f} fps; busy/waiting s: {_stage_note(match)}"
+        ctx.add(
+            Row(
+                GROUP,
+                "--skip-output matching / decode alone",
+                setting,
+                ratio,
+                "x",
+                f">= {MATCH_VS_DECODE}",
+                ratio >= MATCH_VS_DECODE,
+                note,
+            )
+        )
+
+    ctx.log("render end to end, frames written")
+    full = _render(ctx, clip, bundle, "limit-e2e", seed=1, verify=False, with_paths=True)
+    if full is None:
+        return
+    args = {
+        "pool_root": full["pool_root"],
+        "paths": full.pop("paths"),
+        "size": [1280, 720],
+        "fps": float(CLIP_FPS),
+        "scratch": str(ctx.work / "encode-alone"),
+    }
+    ctx.log("libx264 veryfast encoding the same frames alone")
+    encoded = child_dict(ctx.isolated(GROUP, "tests.bench.render_bench:encode_alone", args))
+    seconds = full["timings"]["match"]["seconds"] + full["timings"]["output"]["seconds"]
+    fps = full["frames"] / seconds
+    ratio = fps / encoded["fps"]
+    figures["limit_e2e"] = {"render": full, "encode_alone": encoded}
+    note = (
+        f"{fps:.0f} fps vs encode alone {encoded['fps']:.0f} fps; peak RSS {full['peak_tree_rss_mb']:.0f} MB; "
+        f"output busy/waiting s: {_stage_note(full['timings']['output'])}"
+    )
+    ctx.add(
+        Row(
+            GROUP,
+            "end to end / libx264 encode alone",
+            setting,
+            ratio,
+            "x",
+            f">= {E2E_VS_ENCODE}",
+            ratio >= E2E_VS_ENCODE,
+            note,
+        )
+    )
+
+
 def _flat_twin(ctx: Context, ivf_bundle: Path) -> Path:
     dest = bench_root() / f"{ivf_bundle.name}-flat"
     args = {"source_path": str(ivf_bundle), "dest_path": str(dest)}
@@ -61,10 +213,12 @@ def _flat_twin(ctx: Context, ivf_bundle: Path) -> Path:
     return dest
 
 
-def _render(ctx: Context, clip: Path, bundle: Path, name: str, **options: Any) -> dict[str, Any] | None:
+def _render(
+    ctx: Context, clip: Path, bundle: Path, name: str, *, with_paths: bool = False, **options: Any
+) -> dict[str, Any] | None:
     """One render in a fresh process; a crash becomes a row of the table, not the end of the group."""
     out = ctx.work / f"render-{name}"
-    args = {"video": str(clip), "bundle": str(bundle), "out": str(out), "options": options}
+    args = {"video": str(clip), "bundle": str(bundle), "out": str(out), "options": options, "with_paths": with_paths}
     try:
         return child_dict(ctx.isolated(GROUP, "tests.bench.render_bench:render_once", args))
     except ChildFailed as exc:
@@ -105,7 +259,7 @@ def _matching(ctx: Context, clip: Path, n: int, kind: str, bundle: Path, figures
         ctx.add(Row(GROUP, name, setting, features_and_search(ms), "ms", target, met, "describe + search + select"))
     else:
         ctx.add(Row(GROUP, f"matching ms/frame ({kind})", setting, ms["total"], "ms", target, met, stages))
-    if not (n in NO_REPEAT_SIZES or ctx.quick):
+    if n not in NO_REPEAT_SIZES:
         return
     ctx.log(f"render matching only with --no-repeat, {label} pool, {kind}")
     nr = _render(ctx, clip, bundle, f"norepeat-{label}-{kind}", skip_output=True, verify=False, no_repeat=True)
@@ -151,20 +305,24 @@ def _end_to_end(
 
 
 def run(ctx: Context) -> None:
-    clip_seconds = 2.0 if ctx.quick else CLIP_SECONDS
+    figures: dict[str, Any] = {}
+    _limits(ctx, figures)
+    ctx.detail(GROUP, "figures", figures)
+    if ctx.quick:
+        return  # the limits are the quick check; the synthetic pools take a long build
+    clip_seconds = CLIP_SECONDS
     clip = data.ensure_clip(clip_seconds, CLIP_FPS, (1280, 720))
     bundles = synthetic_bundles(ctx)
-    figures: dict[str, Any] = {}
     clip_label = f"720p H.264, {clip_seconds:g} s at {CLIP_FPS} fps"
     flats = {n: _flat_twin(ctx, path) for n, path in bundles.items()}
     for n, ivf_bundle in bundles.items():
         since = len(ctx.rows)
         _matching(ctx, clip, n, "exact", flats[n], figures)
-        if n >= 100_000 or ctx.quick:
+        if n >= 100_000:
             _matching(ctx, clip, n, "IVF", ivf_bundle, figures)
         if n >= 500_000:
             ctx.mark_large_only(since)
-    for n in E2E_SIZES if not ctx.quick else tuple(bundles):
+    for n in E2E_SIZES:
         if n in flats:
             _end_to_end(ctx, clip, n, flats[n], clip_label, figures)
     if LARGEST in bundles:
