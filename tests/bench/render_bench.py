@@ -27,12 +27,19 @@ import cv2
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from fluxframe_render.match import decode_size
 from fluxframe_render.render import RenderOptions, render
-from shared.images import load_prepared
+from fluxframe_render.video import FrameReader
+from shared.bundle import open_bundle
+from shared.features.base import normalize_weights, weight_query
+from shared.images import load_prepared, prepare_image
+from shared.search import exact_search
 from tests.bench import data
 from tests.bench.common import Context, Row, at_least, at_most, child_dict, size_label
 from tests.bench.isolate import ChildFailed
 from tests.bench.search_bench import bench_root, synthetic_bundles
+from tests.media import make_test_video
+from tests.pools import DEGRADATIONS, degrade
 
 GROUP = "render"
 # 1,000 frames: two full match batches and a partial one, as in a real render.
@@ -52,6 +59,7 @@ LIMIT_POOL = 2_000
 LIMIT_CLIP_SECONDS = 33.6
 MATCH_VS_DECODE = 0.8
 E2E_VS_ENCODE = 0.9
+RECALL_SLACK = 0.01  # recall@1 that decoding at the smaller size may lose
 
 
 def render_once(video: str, bundle: str, out: str, options: dict[str, Any], with_paths: bool = False) -> dict[str, Any]:
@@ -151,6 +159,44 @@ def encode_alone(
     return {"frames": len(paths), "distinct": len(loaded), "seconds": seconds, "fps": len(paths) / seconds}
 
 
+def decode_scale_recall(bundle: str, pool_root: str, scratch: str, frames: int = 240) -> dict[str, Any]:
+    """Child process: what decoding frames at DECODE_OVERSAMPLE x the comparison size costs in retrieval.
+
+    A 720p video of ``frames`` degraded pool pictures (tests/pools.py's degradations, one
+    picture per frame) is described twice: frames decoded at full size and prepared by
+    prepare_image, and frames decoded straight to match.decode_size and then prepared. Each
+    query's top-1 over the whole bundle (exact, default weights) is compared with its original.
+    """
+    opened = open_bundle(Path(bundle), verify=False)
+    rng = np.random.default_rng(3)
+    ids = [int(i) for i in rng.choice(opened.count, size=frames, replace=False)]
+    pictures = [load_prepared(p, (1280, 720))[0] for p in opened.image_paths(ids, Path(pool_root))]
+    degraded = [degrade(img, DEGRADATIONS[n % len(DEGRADATIONS)], rng) for n, img in enumerate(pictures)]
+    work = Path(scratch)
+    work.mkdir(parents=True, exist_ok=True)
+    video = make_test_video(
+        work / "copies.mp4", degraded, fps=5, seconds_per_image=0.2, size=(1280, 720), audio=False, motion=False
+    )
+    size = opened.spec.prepared_size()
+    extractor = opened.extractor()
+    weights = normalize_weights(opened.manifest.blocks, RenderOptions().weights())
+    expected = np.asarray(ids, dtype=np.int64)
+    out: dict[str, Any] = {"frames": frames, "decode_size": decode_size((1280, 720), size)}
+    queries = {}
+    for name, decoded_at in (("full", None), ("scaled", decode_size((1280, 720), size))):
+        prepared = [prepare_image(f.image, size) for f in FrameReader(video).iter(decoded_at)]
+        queries[name] = weight_query(extractor.extract(prepared), extractor.blocks, weights)
+        scores, found = exact_search(np.asarray(opened.vectors), queries[name], 1)
+        out[f"recall_at_1_{name}"] = float((found[: len(ids), 0] == expected[: found.shape[0]]).mean())
+        out[f"mean_top1_score_{name}"] = float(scores[:, 0].mean())
+    full, scaled = queries["full"], queries["scaled"]
+    cosine = (full * scaled).sum(1) / (np.linalg.norm(full, axis=1) * np.linalg.norm(scaled, axis=1))
+    out["query_cosine_mean"] = float(cosine.mean())
+    out["query_cosine_min"] = float(cosine.min())
+    shutil.rmtree(scratch, ignore_errors=True)
+    return out
+
+
 def _stage_note(timings: dict[str, Any]) -> str:
     """Busy / waiting seconds of every stage of a phase, from results.json."""
     stages = timings["stages"]
@@ -193,6 +239,35 @@ def _limits(ctx: Context, figures: dict[str, Any]) -> None:
                 note,
             )
         )
+
+    ctx.log("recall cost of decoding frames at twice the comparison size")
+    recall = child_dict(
+        ctx.isolated(
+            GROUP,
+            "tests.bench.render_bench:decode_scale_recall",
+            {"bundle": str(bundle), "pool_root": str(pool), "scratch": str(ctx.work / "decode-recall")},
+            measure=False,
+        )
+    )
+    figures["decode_scale_recall"] = recall
+    full_recall, scaled_recall = recall["recall_at_1_full"], recall["recall_at_1_scaled"]
+    note = (
+        f"full-size decode {full_recall:.3f}; top-1 score {recall['mean_top1_score_scaled']:.4f} vs "
+        f"{recall['mean_top1_score_full']:.4f}; query cosine mean {recall['query_cosine_mean']:.4f}, "
+        f"min {recall['query_cosine_min']:.4f}"
+    )
+    ctx.add(
+        Row(
+            GROUP,
+            "copy recall@1, frames decoded at 2x comparison size",
+            f"{recall['frames']} degraded pool pictures, 720p",
+            scaled_recall,
+            "",
+            ">= full-size - 0.01",
+            scaled_recall >= full_recall - RECALL_SLACK,
+            note,
+        )
+    )
 
     ctx.log("render end to end, frames written")
     full = _render(ctx, clip, bundle, "limit-e2e", seed=1, verify=False, with_paths=True)
