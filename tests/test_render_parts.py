@@ -11,8 +11,9 @@ import pytest
 from numpy.typing import NDArray
 
 from fluxframe_render.checkpoint import Checkpoint, Header
+from fluxframe_render.compose import JpegWriter, encode_jpeg
 from fluxframe_render.lock import LOCK_NAME, OutputLock
-from fluxframe_render.match import auto_match_batch
+from fluxframe_render.match import auto_match_batch, decode_size
 from fluxframe_render.select import FIRST_BELOW_THRESHOLD, HELD, Choice, FrameRef, SelectionPolicy, Selector
 from shared.errors import StateError, UsageError
 
@@ -189,3 +190,25 @@ def test_checkpoint_tolerates_a_repeated_save_but_not_a_conflicting_one(tmp_path
     checkpoint.close()
     with pytest.raises(StateError, match="frame 1 where 4 was expected"):
         Checkpoint.open(path, _header())
+
+
+def test_frames_are_decoded_at_twice_the_comparison_size_of_their_crop() -> None:
+    assert decode_size((1280, 720), (256, 144)) == (512, 288)
+    # A 4:3 bundle crops the 16:9 frame to 960x720, which shrinks to 512x384: the frame to 683x384.
+    assert decode_size((1280, 720), (256, 192)) == (683, 384)
+    assert decode_size((320, 180), (256, 144)) is None  # already smaller: decoded at full size
+    # A portrait frame cropped to 16:9 keeps its whole width, which shrinks from 720 to 512.
+    assert decode_size((720, 1280), (256, 144)) == (512, 910)
+
+
+def test_a_held_picture_is_encoded_once_and_written_under_every_name(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    held = rng.integers(0, 255, (36, 64, 3), dtype=np.uint8)
+    same_pixels_other_array = held.copy()
+    jpegs = JpegWriter()
+    for index, image in enumerate((held, held, same_pixels_other_array, held)):
+        jpegs.submit(tmp_path / f"frame_{index}.jpg", image)
+    jpegs.finish()
+    assert (jpegs.written, jpegs.encoded) == (4, 3)
+    files = [(tmp_path / f"frame_{index}.jpg").read_bytes() for index in range(4)]
+    assert len(set(files)) == 1 and files[0] == encode_jpeg(held)
