@@ -60,6 +60,11 @@ LIMIT_CLIP_SECONDS = 33.6
 MATCH_VS_DECODE = 0.8
 E2E_VS_ENCODE = 0.9
 RECALL_SLACK = 0.01  # recall@1 that decoding at the smaller size may lose
+MATCH_ROW = "--skip-output matching / decode alone"
+RECALL_ROW = "copy recall@1, frames decoded at 2x comparison size"
+E2E_ROW = "end to end / libx264 encode alone"
+LIMIT_ROWS = (MATCH_ROW, RECALL_ROW, E2E_ROW)
+LIMITS_SECTION = "render-limits"  # docs/performance.md's section for them (report.limits_section)
 
 
 def render_once(video: str, bundle: str, out: str, options: dict[str, Any], with_paths: bool = False) -> dict[str, Any]:
@@ -230,7 +235,7 @@ def _limits(ctx: Context, figures: dict[str, Any]) -> None:
         ctx.add(
             Row(
                 GROUP,
-                "--skip-output matching / decode alone",
+                MATCH_ROW,
                 setting,
                 ratio,
                 "x",
@@ -259,7 +264,7 @@ def _limits(ctx: Context, figures: dict[str, Any]) -> None:
     ctx.add(
         Row(
             GROUP,
-            "copy recall@1, frames decoded at 2x comparison size",
+            RECALL_ROW,
             f"{recall['frames']} degraded pool pictures, 720p",
             scaled_recall,
             "",
@@ -293,7 +298,7 @@ def _limits(ctx: Context, figures: dict[str, Any]) -> None:
     ctx.add(
         Row(
             GROUP,
-            "end to end / libx264 encode alone",
+            E2E_ROW,
             setting,
             ratio,
             "x",
