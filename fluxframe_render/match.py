@@ -57,6 +57,11 @@ def auto_match_batch(dim: int) -> int:
     return max(MIN_BATCH, min(MAX_BATCH, math.ceil(wanted / 64) * 64))
 
 
+# Frames handed from the decoding thread to the describing one at a time: small enough that
+# the frames in flight (this many x (QUEUE_DEPTH + 2)) stay below one search batch of them.
+DESCRIBE_CHUNK = 32
+
+
 @dataclass
 class Batch:
     """A run of consecutive output frames on their way through the match stages."""
@@ -67,6 +72,7 @@ class Batch:
     scores: NDArray[np.float32] | None = None  # top-k candidates, once searched
     ids: NDArray[np.int64] | None = None
     cuts: NDArray[np.bool_] | None = None  # a scene starts at the frame (scenes.py)
+    ends_batch: bool = True  # False: a chunk of a search batch that later chunks complete (Describe joins them)
 
 
 class VideoFrames(Source[Batch]):
@@ -74,7 +80,9 @@ class VideoFrames(Source[Batch]):
 
     Batches are aligned to multiples of ``batch`` counted from output frame 0, so a
     resumed run searches exactly the batches an uninterrupted run searched; ``first``
-    must be such a multiple (the reader starts there).
+    must be such a multiple (the reader starts there). Each batch comes in chunks of up to
+    DESCRIBE_CHUNK frames, the last one flagged ``ends_batch``, so that describing overlaps
+    decoding without a whole batch of frames waiting in between.
     """
 
     name = "decode"
@@ -93,26 +101,42 @@ class VideoFrames(Source[Batch]):
         for frame in self.reader.iter(decode_size((info.width, info.height), self.size)):
             frames.append(FrameRef(frame.index, frame.source_index, frame.time))
             images.append(prepare_image(frame.image, self.size))
-            if len(frames) == self.batch:
-                yield Batch(frames, images)
+            ends_batch = (frame.index + 1) % self.batch == 0
+            if ends_batch or len(frames) == DESCRIBE_CHUNK:
+                yield Batch(frames, images, ends_batch=ends_batch)
                 frames, images = [], []
         if frames:
             yield Batch(frames, images)
 
 
 class Describe(Stage[Batch, Batch]):
-    """Prepared frames -> weighted query vectors (the extractor ff-index used for the pool)."""
+    """Prepared frames -> weighted query vectors (the extractor ff-index used for the pool).
+
+    Describes each chunk as it comes and hands on whole search batches: the chunks of one
+    batch joined, prepared frames dropped (only the vectors go on).
+    """
 
     name = "describe"
     threaded = True  # decoding runs ahead in the source's thread
 
     def __init__(self, matcher: FrameMatcher) -> None:
         self.matcher = matcher
+        self._frames: list[FrameRef] = []
+        self._queries: list[Vectors] = []
 
     def process(self, item: Batch) -> Iterable[Batch]:
-        item.queries = self.matcher.queries(item.prepared)
-        item.prepared = []  # only the vectors go on
-        return (item,)
+        self._frames.extend(item.frames)
+        self._queries.append(self.matcher.queries(item.prepared))
+        return (self._joined(),) if item.ends_batch else ()
+
+    def finish(self) -> Iterable[Batch]:
+        # The video ended on a chunk boundary inside a batch: the rest is the last batch.
+        return (self._joined(),) if self._frames else ()
+
+    def _joined(self) -> Batch:
+        batch = Batch(self._frames, [], queries=np.concatenate(self._queries))
+        self._frames, self._queries = [], []
+        return batch
 
 
 class Scenes(Stage[Batch, Batch]):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ LIMIT_CLIP_SECONDS = 33.6
 MATCH_VS_DECODE = 0.8
 E2E_VS_ENCODE = 0.9
 RECALL_SLACK = 0.01  # recall@1 that decoding at the smaller size may lose
+LIMIT_REPEATS = 2  # each limit and its phase, alternately; the fastest of each counts
 MATCH_ROW = "--skip-output matching / decode alone"
 RECALL_ROW = "copy recall@1, frames decoded at 2x comparison size"
 E2E_ROW = "end to end / libx264 encode alone"
@@ -208,6 +210,33 @@ def _stage_note(timings: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v['busy_s']:.1f}/{v['waiting_s']:.1f}" for k, v in stages.items())
 
 
+PairSpeed = Callable[[dict[str, Any]], float]
+
+
+def _phase_fps(r: dict[str, Any], phases: tuple[str, ...]) -> float:
+    """Frames per second of a render's phases, from the seconds its results.json records."""
+    return float(r["frames"] / sum(r["timings"][p]["seconds"] for p in phases))
+
+
+def _best_pairs(
+    limit: Callable[[], dict[str, Any]], phase: Callable[[], dict[str, Any] | None], speed: PairSpeed
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The limit and the phase measured alternately LIMIT_REPEATS times; the fastest of each.
+
+    Other developers' work comes and goes on this machine: alternating gives both sides
+    the same chances, and the fastest run of each is the one least disturbed.
+    """
+    limits: list[dict[str, Any]] = []
+    phases: list[dict[str, Any]] = []
+    for _ in range(LIMIT_REPEATS):
+        limits.append(limit())
+        measured = phase()
+        if measured is None:
+            return None
+        phases.append(measured)
+    return max(limits, key=lambda r: float(r["fps"])), max(phases, key=speed)
+
+
 def _limits(ctx: Context, figures: dict[str, Any]) -> None:
     """Each phase against what its slowest outside part alone allows, in one run (issue #14)."""
     pool = data.pool_dir(LIMIT_POOL, ctx.jobs)
@@ -219,31 +248,28 @@ def _limits(ctx: Context, figures: dict[str, Any]) -> None:
     clip = data.ensure_clip(LIMIT_CLIP_SECONDS, CLIP_FPS, (1280, 720))
     setting = f"{size_label(LIMIT_POOL)} real JPEGs, 720p {CLIP_FPS} fps, {LIMIT_CLIP_SECONDS:g} s"
 
-    ctx.log("decoding the clip to BGR alone")
-    decoded = child_dict(ctx.isolated(GROUP, "tests.bench.render_bench:decode_alone", {"video": str(clip)}))
-    ctx.log("render --skip-output")
-    matched = _render(ctx, clip, bundle, "limit-match", skip_output=True, verify=False, seed=1)
-    if matched is not None:
+    def decode() -> dict[str, Any]:
+        ctx.log("decoding the clip to BGR alone")
+        return child_dict(ctx.isolated(GROUP, "tests.bench.render_bench:decode_alone", {"video": str(clip)}))
+
+    def match_only() -> dict[str, Any] | None:
+        ctx.log("render --skip-output")
+        return _render(ctx, clip, bundle, "limit-match", skip_output=True, verify=False, seed=1)
+
+    pair = _best_pairs(decode, match_only, lambda r: _phase_fps(r, ("match",)))
+    if pair is not None:
+        decoded, matched = pair
         match = matched["timings"]["match"]
-        fps = matched["frames"] / match["seconds"]
+        fps = _phase_fps(matched, ("match",))
         ratio = fps / decoded["fps"]
         figures["limit_match"] = {"render": matched, "decode_alone": decoded}
         note = (
             f"{fps:.0f} fps vs decode alone {decoded['fps']:.0f} fps "
-            f"(to_ndarray per frame {decoded['to_ndarray_fps']:.0f}); busy/waiting s: {_stage_note(match)}"
+            f"(to_ndarray per frame {decoded['to_ndarray_fps']:.0f}); peak RSS {matched['peak_tree_rss_mb']:.0f} MB; "
+            f"busy/waiting s: {_stage_note(match)}"
         )
-        ctx.add(
-            Row(
-                GROUP,
-                MATCH_ROW,
-                setting,
-                ratio,
-                "x",
-                f">= {MATCH_VS_DECODE}",
-                ratio >= MATCH_VS_DECODE,
-                note,
-            )
-        )
+        target = f">= {MATCH_VS_DECODE}"
+        ctx.add(Row(GROUP, MATCH_ROW, setting, ratio, "x", target, ratio >= MATCH_VS_DECODE, note))
 
     ctx.log("recall cost of decoding frames at twice the comparison size")
     recall = child_dict(
@@ -261,52 +287,48 @@ def _limits(ctx: Context, figures: dict[str, Any]) -> None:
         f"{recall['mean_top1_score_full']:.4f}; query cosine mean {recall['query_cosine_mean']:.4f}, "
         f"min {recall['query_cosine_min']:.4f}"
     )
-    ctx.add(
-        Row(
-            GROUP,
-            RECALL_ROW,
-            f"{recall['frames']} degraded pool pictures, 720p",
-            scaled_recall,
-            "",
-            ">= full-size - 0.01",
-            scaled_recall >= full_recall - RECALL_SLACK,
-            note,
-        )
-    )
+    ok = scaled_recall >= full_recall - RECALL_SLACK
+    where = f"{recall['frames']} degraded pool pictures, 720p"
+    ctx.add(Row(GROUP, RECALL_ROW, where, scaled_recall, "", f">= full-size - {RECALL_SLACK}", ok, note))
 
-    ctx.log("render end to end, frames written")
-    full = _render(ctx, clip, bundle, "limit-e2e", seed=1, verify=False, with_paths=True)
-    if full is None:
+    # The frames the render shows, for the encoder alone: the first render's choices.
+    ctx.log("render end to end, frames written (its choices feed the encoder alone)")
+    first = _render(ctx, clip, bundle, "limit-e2e", seed=1, verify=False, with_paths=True)
+    if first is None:
         return
     args = {
-        "pool_root": full["pool_root"],
-        "paths": full.pop("paths"),
+        "pool_root": first["pool_root"],
+        "paths": first.pop("paths"),
         "size": [1280, 720],
         "fps": float(CLIP_FPS),
         "scratch": str(ctx.work / "encode-alone"),
     }
-    ctx.log("libx264 veryfast encoding the same frames alone")
-    encoded = child_dict(ctx.isolated(GROUP, "tests.bench.render_bench:encode_alone", args))
-    seconds = full["timings"]["match"]["seconds"] + full["timings"]["output"]["seconds"]
-    fps = full["frames"] / seconds
+    renders = [first]
+
+    def encode() -> dict[str, Any]:
+        ctx.log("libx264 veryfast encoding the same frames alone")
+        return child_dict(ctx.isolated(GROUP, "tests.bench.render_bench:encode_alone", args))
+
+    def end_to_end() -> dict[str, Any] | None:
+        if renders:
+            return renders.pop()  # the render already made, alternating with the encoder from here
+        ctx.log("render end to end, frames written")
+        return _render(ctx, clip, bundle, "limit-e2e", seed=1, verify=False)
+
+    both = ("match", "output")
+    pair = _best_pairs(encode, end_to_end, lambda r: _phase_fps(r, both))
+    if pair is None:
+        return
+    encoded, full = pair
+    fps = _phase_fps(full, both)
     ratio = fps / encoded["fps"]
     figures["limit_e2e"] = {"render": full, "encode_alone": encoded}
     note = (
-        f"{fps:.0f} fps vs encode alone {encoded['fps']:.0f} fps; peak RSS {full['peak_tree_rss_mb']:.0f} MB; "
+        f"{fps:.1f} fps vs encode alone {encoded['fps']:.1f} fps; peak RSS {full['peak_tree_rss_mb']:.0f} MB; "
+        f"match {full['timings']['match']['seconds']:.1f} s + output {full['timings']['output']['seconds']:.1f} s; "
         f"output busy/waiting s: {_stage_note(full['timings']['output'])}"
     )
-    ctx.add(
-        Row(
-            GROUP,
-            E2E_ROW,
-            setting,
-            ratio,
-            "x",
-            f">= {E2E_VS_ENCODE}",
-            ratio >= E2E_VS_ENCODE,
-            note,
-        )
-    )
+    ctx.add(Row(GROUP, E2E_ROW, setting, ratio, "x", f">= {E2E_VS_ENCODE}", ratio >= E2E_VS_ENCODE, note))
 
 
 def _flat_twin(ctx: Context, ivf_bundle: Path) -> Path:
