@@ -119,8 +119,8 @@ def limits_section(results: dict[str, Any], names: tuple[str, ...]) -> str:
     how = "`python -m tests.bench.run --only render" + (" --quick`" if results.get("quick") else "`")
     return "\n".join(
         [
-            f"Measured by {how} on {m['cpu']}, {m['cores']} cores, {m['date']}; each ratio from one run "
-            "(the phase and its limit measured minutes apart on the same loaded machine).",
+            f"Measured by {how} on {m['cpu']}, {m['cores']} cores, {m['date']}; each ratio from one run, "
+            "the phase and its limit measured alternately twice and the fastest of each kept.",
             "",
             markdown_table(rows),
         ]
