@@ -8,7 +8,8 @@ success, error or Ctrl-C alike, so that a checkpoint stage can save what is comp
 The runner splits the chain into segments at the stages marked ``threaded``: each
 segment runs in its own thread, segments are joined by bounded queues (so memory holds
 at most ``QUEUE_DEPTH`` items between two segments), and the last segment runs in the
-caller's thread. Decoding, feature extraction, FAISS, OpenCV and FFmpeg all release the
+caller's thread. The source starts the first segment: a threaded first stage leaves it
+alone in its thread (decoding overlaps what the first stage does with the items before). Decoding, feature extraction, FAISS, OpenCV and FFmpeg all release the
 GIL, so segments overlap on separate cores. Per stage it records the seconds spent busy
 and the seconds spent waiting for input, which results.json and ``--timings`` report.
 
