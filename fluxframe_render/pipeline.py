@@ -9,8 +9,9 @@ The runner splits the chain into segments at the stages marked ``threaded``: eac
 segment runs in its own thread, segments are joined by bounded queues (so memory holds
 at most ``QUEUE_DEPTH`` items between two segments), and the last segment runs in the
 caller's thread. The source starts the first segment: a threaded first stage leaves it
-alone in its thread (decoding overlaps what the first stage does with the items before). Decoding, feature extraction, FAISS, OpenCV and FFmpeg all release the
-GIL, so segments overlap on separate cores. Per stage it records the seconds spent busy
+alone in its thread (decoding overlaps what the first stage does with the items before).
+Decoding, feature extraction, FAISS, OpenCV and FFmpeg all release the GIL, so segments
+overlap on separate cores. Per stage it records the seconds spent busy
 and the seconds spent waiting for input, which results.json and ``--timings`` report.
 
 An error in any segment stops the others and is raised in the caller's thread; the
