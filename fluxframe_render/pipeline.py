@@ -8,8 +8,10 @@ success, error or Ctrl-C alike, so that a checkpoint stage can save what is comp
 The runner splits the chain into segments at the stages marked ``threaded``: each
 segment runs in its own thread, segments are joined by bounded queues (so memory holds
 at most ``QUEUE_DEPTH`` items between two segments), and the last segment runs in the
-caller's thread. Decoding, feature extraction, FAISS, OpenCV and FFmpeg all release the
-GIL, so segments overlap on separate cores. Per stage it records the seconds spent busy
+caller's thread. The source starts the first segment: a threaded first stage leaves it
+alone in its thread (decoding overlaps what the first stage does with the items before).
+Decoding, feature extraction, FAISS, OpenCV and FFmpeg all release the GIL, so segments
+overlap on separate cores. Per stage it records the seconds spent busy
 and the seconds spent waiting for input, which results.json and ``--timings`` report.
 
 An error in any segment stops the others and is raised in the caller's thread; the
@@ -156,13 +158,13 @@ class Runner:
         self.timings = RunTimings({source.name: StageTiming(), **{s.name: StageTiming() for s in self.stages}})
 
     def _segments(self) -> list[list[Stage[Any, Any]]]:
+        # A threaded first stage leaves the first segment empty: the source then runs alone in
+        # its own thread (decoding while the stages describe or compose the items before).
         segments: list[list[Stage[Any, Any]]] = [[]]
         for stage in self.stages:
-            if stage.threaded and segments[-1]:
+            if stage.threaded:
                 segments.append([])
             segments[-1].append(stage)
-        if len(segments) > 1 and not segments[0]:
-            segments.pop(0)
         return segments
 
     def run(self) -> RunTimings:
@@ -225,7 +227,7 @@ class Runner:
             thread = threading.Thread(
                 target=guarded,
                 args=(position, inputs, channels[position + 1]),
-                name=f"ff-render-{segments[position][0].name}",
+                name=f"ff-render-{segments[position][0].name if segments[position] else self.source.name}",
                 daemon=True,
             )
             threads.append(thread)

@@ -151,10 +151,17 @@ class QualityTracker:
         self._source_change = 0.0
         self._images: set[int] = set()
         self._previous: tuple[int, Lab, Lab] | None = None  # image id, source and output 16x9 Lab
+        # The last output picture and its thumbnails: a held image comes back as the same array.
+        self._last_output: tuple[Frame, Thumbnails] | None = None
 
     def add(self, source: Frame, output: Frame, photo: Frame | None, image_id: int, score: float) -> FrameQuality:
         """Measure one frame: its source, what the render shows, and the photo before colour transfer."""
-        src, out = Thumbnails.of(source), Thumbnails.of(output)
+        src = Thumbnails.of(source)
+        if self._last_output is not None and self._last_output[0] is output:
+            out = self._last_output[1]
+        else:
+            out = Thumbnails.of(output)
+            self._last_output = (output, out)
         photo_ssim = None if photo is None else ssim(out.grey, Thumbnails.of(photo).grey)
         switched = False
         output_change = source_change = None

@@ -255,14 +255,16 @@ def test_changed_options_win_and_earlier_matches_come_back(media: Media, tmp_pat
     assert picks(tmp_path) == matched  # matched again from scratch: the same picks
 
 
-def test_copy_detection_recall_through_ff_render(media: Media, tmp_path: Path) -> None:
+# 320x180 is decoded at full size; 1280x720 at twice the comparison size (match.decode_size).
+@pytest.mark.parametrize("size", [(320, 180), (1280, 720)])
+def test_copy_detection_recall_through_ff_render(media: Media, tmp_path: Path, size: tuple[int, int]) -> None:
     """A video of degraded pool pictures: ff-render must find each one's original (recall@1 >= 0.9)."""
     rng = np.random.default_rng(5)
     originals = pool_images(POOL_SIZE, max_side=640)
     picked = [int(i) for i in rng.choice(POOL_SIZE, size=24, replace=False)]
     degraded = [degrade(originals[i], DEGRADATIONS[n % len(DEGRADATIONS)], rng) for n, i in enumerate(picked)]
     video = make_test_video(
-        tmp_path / "copies.mp4", degraded, fps=5, seconds_per_image=0.2, size=(320, 180), audio=False, motion=False
+        tmp_path / "copies.mp4", degraded, fps=5, seconds_per_image=0.2, size=size, audio=False, motion=False
     )
     run = run_cli(video, media.bundle, tmp_path / "out", "--search-depth", "1", "--skip-output", "--quiet")
     assert run.code == 0, run.stderr

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,10 @@ import pytest
 from numpy.typing import NDArray
 
 from fluxframe_render.checkpoint import Checkpoint, Header
+from fluxframe_render.compose import JpegWriter, encode_jpeg
 from fluxframe_render.lock import LOCK_NAME, OutputLock
-from fluxframe_render.match import auto_match_batch
+from fluxframe_render.match import Batch, Describe, auto_match_batch, decode_size
+from fluxframe_render.pipeline import Runner, Source, Stage
 from fluxframe_render.select import FIRST_BELOW_THRESHOLD, HELD, Choice, FrameRef, SelectionPolicy, Selector
 from shared.errors import StateError, UsageError
 
@@ -189,3 +192,86 @@ def test_checkpoint_tolerates_a_repeated_save_but_not_a_conflicting_one(tmp_path
     checkpoint.close()
     with pytest.raises(StateError, match="frame 1 where 4 was expected"):
         Checkpoint.open(path, _header())
+
+
+def test_frames_are_decoded_at_twice_the_comparison_size_of_their_crop() -> None:
+    assert decode_size((1280, 720), (256, 144)) == (512, 288)
+    # A 4:3 bundle crops the 16:9 frame to 960x720, which shrinks to 512x384: the frame to 683x384.
+    assert decode_size((1280, 720), (256, 192)) == (683, 384)
+    assert decode_size((320, 180), (256, 144)) is None  # already smaller: decoded at full size
+    # A portrait frame cropped to 16:9 keeps its whole width, which shrinks from 720 to 512.
+    assert decode_size((720, 1280), (256, 144)) == (512, 910)
+
+
+def test_a_held_picture_is_encoded_once_and_written_under_every_name(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    held = rng.integers(0, 255, (36, 64, 3), dtype=np.uint8)
+    same_pixels_other_array = held.copy()
+    jpegs = JpegWriter()
+    for index, image in enumerate((held, held, same_pixels_other_array, held)):
+        jpegs.submit(tmp_path / f"frame_{index}.jpg", image)
+    jpegs.finish()
+    assert (jpegs.written, jpegs.encoded) == (4, 3)
+    files = [(tmp_path / f"frame_{index}.jpg").read_bytes() for index in range(4)]
+    assert len(set(files)) == 1 and files[0] == encode_jpeg(held)
+
+
+class _Counting(Source[int]):
+    name = "count"
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.thread = ""
+
+    def items(self) -> Iterator[int]:
+        self.thread = threading.current_thread().name
+        yield from range(self.n)
+
+
+class _Doubling(Stage[int, int]):
+    def __init__(self, name: str, threaded: bool) -> None:
+        self.name = name
+        self.threaded = threaded
+        self.thread = ""
+
+    def process(self, item: int) -> Iterable[int]:
+        self.thread = threading.current_thread().name
+        return (2 * item,)
+
+
+class _Collect(Stage[int, int]):
+    name = "collect"
+
+    def __init__(self) -> None:
+        self.items: list[int] = []
+
+    def process(self, item: int) -> Iterable[int]:
+        self.items.append(item)
+        return ()
+
+
+def test_a_threaded_first_stage_leaves_the_source_a_thread_of_its_own() -> None:
+    """Decoding must overlap describing: the source and a threaded first stage run in two threads."""
+    source, first, second, collect = _Counting(50), _Doubling("first", True), _Doubling("second", False), _Collect()
+    timings = Runner(source, [first, second, collect]).run()
+    assert collect.items == [4 * i for i in range(50)]
+    assert source.thread != first.thread and first.thread == second.thread
+    assert timings.stages["count"].items == 50 and timings.stages["first"].items == 50
+
+
+def test_chunks_of_a_batch_are_described_together_and_batches_stay_aligned() -> None:
+    """Describe joins a batch's chunks (the last flagged ends_batch); a stream ending mid-batch still comes out."""
+
+    class Matcher:
+        def queries(self, prepared: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
+            return np.asarray([[float(p[0, 0, 0])] for p in prepared], dtype=np.float32)
+
+    describe = Describe(Matcher())  # type: ignore[arg-type]
+    frames = [FrameRef(i, i, i / 10) for i in range(5)]
+    images = [np.full((2, 2, 3), i, np.uint8) for i in range(5)]
+    out = list(describe.process(Batch(frames[:2], images[:2], ends_batch=False)))
+    out += list(describe.process(Batch(frames[2:3], images[2:3], ends_batch=True)))
+    out += list(describe.process(Batch(frames[3:], images[3:], ends_batch=False)))
+    out += list(describe.finish())
+    assert [[f.index for f in b.frames] for b in out] == [[0, 1, 2], [3, 4]]
+    assert [b.queries.ravel().tolist() for b in out if b.queries is not None] == [[0, 1, 2], [3, 4]]

@@ -308,3 +308,19 @@ def test_a_variable_rate_video_is_sampled_at_the_nearest_frame(tmp_path: Path) -
         nearest = int(np.flatnonzero(distance <= distance.min() + 1e-9)[0])  # the earlier one on a tie
         assert frame.source_index == nearest
         assert frame.time == pytest.approx(seconds[nearest])
+
+
+@pytest.mark.parametrize("clockwise", [0, 90])
+def test_frames_decoded_at_a_size_match_the_full_frames_scaled(
+    clip: Path, clip_frames: list[SourceFrame], tmp_path: Path, clockwise: int
+) -> None:
+    """One swscale pass to (w, h) as displayed: the full-size frame area-scaled, upright, frame for frame."""
+    video = clip if not clockwise else rotate_mp4_display(clip, tmp_path / "portrait.mp4", clockwise)
+    size = (160, 90) if not clockwise else (90, 160)
+    small = list(FrameReader(video).iter(size))
+    assert [f.source_index for f in small] == [f.source_index for f in clip_frames]
+    for frame in small[::7]:
+        full = np.rot90(clip_frames[frame.index].image, k=-clockwise // 90)
+        expected = cv2.resize(full, size, interpolation=cv2.INTER_AREA)
+        assert frame.image.shape == (size[1], size[0], 3) and frame.image.flags.c_contiguous
+        assert _mad(frame.image, expected) < 2.0

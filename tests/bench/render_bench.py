@@ -1,5 +1,13 @@
 """ff-render through its API: matching ms/frame (--skip-output) and end-to-end frames/s at 720p.
 
+First, each phase side by side with its limit, in the same run, from the stage timings of
+results.json (not timed from outside): a 2,000-image bundle of real JPEGs, the 720p 25 fps
+clip (840 frames, every frame a different picture):
+
+- ``--skip-output`` matching frames/s vs decoding the clip to BGR alone (>= 0.8x);
+- end to end with frames written (default options) vs libx264 veryfast encoding the SAME
+  frames alone, held in a memory-mapped file beforehand (>= 0.9x).
+
 The clip is a 720p H.264 MP4 with AAC audio made from package pictures (data.py); the
 pools are the search benchmark's synthetic bundles (real canny features, tiled), whose
 rows point at real pool JPEGs, so the end-to-end figures decode real images. Exact
@@ -8,15 +16,31 @@ figures use a flat twin of each bundle (same files, no IVF index).
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import av
+import cv2
+import numpy as np
+from av.video.reformatter import VideoReformatter
+
+from fluxframe_render.match import decode_size
 from fluxframe_render.render import RenderOptions, render
+from fluxframe_render.video import FrameReader
+from shared.bundle import open_bundle
+from shared.features.base import normalize_weights, weight_query
+from shared.images import load_prepared, prepare_image
+from shared.search import exact_search
 from tests.bench import data
 from tests.bench.common import Context, Row, at_least, at_most, child_dict, size_label
 from tests.bench.isolate import ChildFailed
 from tests.bench.search_bench import bench_root, synthetic_bundles
+from tests.media import make_test_video
+from tests.pools import DEGRADATIONS, degrade
 
 GROUP = "render"
 # 1,000 frames: two full match batches and a partial one, as in a real render.
@@ -31,14 +55,30 @@ E2E_FPS = 25.0
 NO_REPEAT_RATIO = 1.5
 # Pool sizes whose match loop is also timed with --no-repeat (exact and IVF).
 NO_REPEAT_SIZES = (100_000, 1_000_000)
+# The limits of the pipeline issue (#14): a real 2,000-image bundle, 840 frames at 720p.
+LIMIT_POOL = 2_000
+LIMIT_CLIP_SECONDS = 33.6
+MATCH_VS_DECODE = 0.8
+E2E_VS_ENCODE = 0.9
+RECALL_SLACK = 0.01  # recall@1 that decoding at the smaller size may lose
+LIMIT_REPEATS = 2  # each limit and its phase, alternately; the fastest of each counts
+MATCH_ROW = "--skip-output matching / decode alone"
+RECALL_ROW = "copy recall@1, frames decoded at 2x comparison size"
+E2E_ROW = "end to end / libx264 encode alone"
+LIMIT_ROWS = (MATCH_ROW, RECALL_ROW, E2E_ROW)
+LIMITS_SECTION = "render-limits"  # docs/performance.md's section for them (report.limits_section)
 
 
-def render_once(video: str, bundle: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Child process: one fresh render; returns its counts and timings."""
+def render_once(video: str, bundle: str, out: str, options: dict[str, Any], with_paths: bool = False) -> dict[str, Any]:
+    """Child process: one fresh render; returns its counts, its results.json timings (and chosen paths)."""
     shutil.rmtree(out, ignore_errors=True)
     result = render(Path(video), Path(bundle), Path(out), RenderOptions(**options))
+    written = json.loads(result.results_path.read_text())
     shutil.rmtree(out, ignore_errors=True)
     return {
+        "timings": written["timings"],
+        "paths": [f["path"] for f in written["frames"]] if with_paths else [],
+        "pool_root": written["pool_root"],
         "options": options,
         "frames": result.frames,
         "distinct_images": result.distinct_images,
@@ -54,6 +94,243 @@ def render_once(video: str, bundle: str, out: str, options: dict[str, Any]) -> d
     }
 
 
+def _decode_pass(video: str, reformatter: VideoReformatter | None) -> tuple[int, float]:
+    frames = 0
+    started = time.perf_counter()
+    with av.open(video) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            if reformatter is None:
+                frame.to_ndarray(format="bgr24")
+            else:
+                reformatter.reformat(frame, format="bgr24").to_ndarray()
+            frames += 1
+    return frames, time.perf_counter() - started
+
+
+def decode_alone(video: str) -> dict[str, Any]:
+    """Child process: the clip decoded to full-size BGR arrays and nothing else (threaded decoder, as ff-render).
+
+    Two ways: ``frame.to_ndarray`` (a new swscale context per frame) and one reused
+    reformatter; the faster one is the limit.
+    """
+    frames, per_frame = _decode_pass(video, None)
+    _, reused = _decode_pass(video, VideoReformatter())
+    seconds = min(per_frame, reused)
+    return {
+        "frames": frames,
+        "seconds": seconds,
+        "fps": frames / seconds,
+        "to_ndarray_fps": frames / per_frame,
+        "reused_reformatter_fps": frames / reused,
+    }
+
+
+def encode_alone(
+    pool_root: str, paths: list[str], size: list[int], fps: float, scratch: str, crf: int = 20, preset: str = "veryfast"
+) -> dict[str, Any]:
+    """Child process: libx264 encoding the frames a render showed, and nothing else.
+
+    The frames (the chosen images at the output size, as the full-frame composer makes them)
+    are loaded first into a memory-mapped file, untimed; then every frame is converted to I420
+    (cv2, as video.VideoWriter does) and encoded to an MP4 with the render's crf and preset.
+    """
+    width, height = size
+    raw = Path(scratch) / "frames.bgr"
+    out = Path(scratch) / "encoded.mp4"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    frames = np.memmap(raw, dtype=np.uint8, mode="w+", shape=(len(paths), height, width, 3))
+    loaded: dict[str, int] = {}
+    for i, rel in enumerate(paths):
+        if rel in loaded:
+            frames[i] = frames[loaded[rel]]
+        else:
+            frames[i] = load_prepared(Path(pool_root) / rel, (width, height))[0]
+            loaded[rel] = i
+    frames.flush()
+    started = time.perf_counter()
+    with av.open(str(out), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=round(fps), options={"crf": str(crf), "preset": preset})
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p"
+        for i in range(len(paths)):
+            planes = np.asarray(cv2.cvtColor(frames[i], cv2.COLOR_BGR2YUV_I420), dtype=np.uint8)
+            picture = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+            picture.pts = i
+            container.mux(stream.encode(picture))
+        container.mux(stream.encode(None))
+    seconds = time.perf_counter() - started
+    del frames
+    shutil.rmtree(scratch, ignore_errors=True)
+    return {"frames": len(paths), "distinct": len(loaded), "seconds": seconds, "fps": len(paths) / seconds}
+
+
+def decode_scale_recall(bundle: str, pool_root: str, scratch: str, frames: int = 240) -> dict[str, Any]:
+    """Child process: what decoding frames at DECODE_OVERSAMPLE x the comparison size costs in retrieval.
+
+    A 720p video of ``frames`` degraded pool pictures (tests/pools.py's degradations, one
+    picture per frame) is described twice: frames decoded at full size and prepared by
+    prepare_image, and frames decoded straight to match.decode_size and then prepared. Each
+    query's top-1 over the whole bundle (exact, default weights) is compared with its original.
+    """
+    opened = open_bundle(Path(bundle), verify=False)
+    rng = np.random.default_rng(3)
+    ids = [int(i) for i in rng.choice(opened.count, size=frames, replace=False)]
+    pictures = [load_prepared(p, (1280, 720))[0] for p in opened.image_paths(ids, Path(pool_root))]
+    degraded = [degrade(img, DEGRADATIONS[n % len(DEGRADATIONS)], rng) for n, img in enumerate(pictures)]
+    work = Path(scratch)
+    work.mkdir(parents=True, exist_ok=True)
+    video = make_test_video(
+        work / "copies.mp4", degraded, fps=5, seconds_per_image=0.2, size=(1280, 720), audio=False, motion=False
+    )
+    size = opened.spec.prepared_size()
+    extractor = opened.extractor()
+    weights = normalize_weights(opened.manifest.blocks, RenderOptions().weights())
+    expected = np.asarray(ids, dtype=np.int64)
+    out: dict[str, Any] = {"frames": frames, "decode_size": decode_size((1280, 720), size)}
+    queries = {}
+    for name, decoded_at in (("full", None), ("scaled", decode_size((1280, 720), size))):
+        prepared = [prepare_image(f.image, size) for f in FrameReader(video).iter(decoded_at)]
+        queries[name] = weight_query(extractor.extract(prepared), extractor.blocks, weights)
+        scores, found = exact_search(np.asarray(opened.vectors), queries[name], 1)
+        out[f"recall_at_1_{name}"] = float((found[: len(ids), 0] == expected[: found.shape[0]]).mean())
+        out[f"mean_top1_score_{name}"] = float(scores[:, 0].mean())
+    full, scaled = queries["full"], queries["scaled"]
+    cosine = (full * scaled).sum(1) / (np.linalg.norm(full, axis=1) * np.linalg.norm(scaled, axis=1))
+    out["query_cosine_mean"] = float(cosine.mean())
+    out["query_cosine_min"] = float(cosine.min())
+    shutil.rmtree(scratch, ignore_errors=True)
+    return out
+
+
+def _stage_note(timings: dict[str, Any]) -> str:
+    """Busy / waiting seconds of every stage of a phase, from results.json."""
+    stages = timings["stages"]
+    return ", ".join(f"{k} {v['busy_s']:.1f}/{v['waiting_s']:.1f}" for k, v in stages.items())
+
+
+PairSpeed = Callable[[dict[str, Any]], float]
+
+
+def _phase_fps(r: dict[str, Any], phases: tuple[str, ...]) -> float:
+    """Frames per second of a render's phases, from the seconds its results.json records."""
+    return float(r["frames"] / sum(r["timings"][p]["seconds"] for p in phases))
+
+
+def _best_pairs(
+    limit: Callable[[], dict[str, Any]], phase: Callable[[], dict[str, Any] | None], speed: PairSpeed
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The limit and the phase measured alternately LIMIT_REPEATS times; the fastest of each.
+
+    Other developers' work comes and goes on this machine: alternating gives both sides
+    the same chances, and the fastest run of each is the one least disturbed.
+    """
+    limits: list[dict[str, Any]] = []
+    phases: list[dict[str, Any]] = []
+    for _ in range(LIMIT_REPEATS):
+        limits.append(limit())
+        measured = phase()
+        if measured is None:
+            return None
+        phases.append(measured)
+    return max(limits, key=lambda r: float(r["fps"])), max(phases, key=speed)
+
+
+def _limits(ctx: Context, figures: dict[str, Any]) -> None:
+    """Each phase against what its slowest outside part alone allows, in one run (issue #14)."""
+    pool = data.pool_dir(LIMIT_POOL, ctx.jobs)
+    bundle = bench_root() / f"canny-real-{LIMIT_POOL}"
+    ctx.log(f"real canny bundle of {size_label(LIMIT_POOL)} pool pictures -> {bundle} (cached)")
+    ctx.isolated(
+        GROUP, "tests.bench.search_bench:build_real_bundle", {"pool": str(pool), "dest": str(bundle)}, measure=False
+    )
+    clip = data.ensure_clip(LIMIT_CLIP_SECONDS, CLIP_FPS, (1280, 720))
+    setting = f"{size_label(LIMIT_POOL)} real JPEGs, 720p {CLIP_FPS} fps, {LIMIT_CLIP_SECONDS:g} s"
+
+    def decode() -> dict[str, Any]:
+        ctx.log("decoding the clip to BGR alone")
+        return child_dict(ctx.isolated(GROUP, "tests.bench.render_bench:decode_alone", {"video": str(clip)}))
+
+    def match_only() -> dict[str, Any] | None:
+        ctx.log("render --skip-output")
+        return _render(ctx, clip, bundle, "limit-match", skip_output=True, verify=False, seed=1)
+
+    pair = _best_pairs(decode, match_only, lambda r: _phase_fps(r, ("match",)))
+    if pair is not None:
+        decoded, matched = pair
+        match = matched["timings"]["match"]
+        fps = _phase_fps(matched, ("match",))
+        ratio = fps / decoded["fps"]
+        figures["limit_match"] = {"render": matched, "decode_alone": decoded}
+        note = (
+            f"{fps:.0f} fps vs decode alone {decoded['fps']:.0f} fps "
+            f"(to_ndarray per frame {decoded['to_ndarray_fps']:.0f}); peak RSS {matched['peak_tree_rss_mb']:.0f} MB; "
+            f"busy/waiting s: {_stage_note(match)}"
+        )
+        target = f">= {MATCH_VS_DECODE}"
+        ctx.add(Row(GROUP, MATCH_ROW, setting, ratio, "x", target, ratio >= MATCH_VS_DECODE, note))
+
+    ctx.log("recall cost of decoding frames at twice the comparison size")
+    recall = child_dict(
+        ctx.isolated(
+            GROUP,
+            "tests.bench.render_bench:decode_scale_recall",
+            {"bundle": str(bundle), "pool_root": str(pool), "scratch": str(ctx.work / "decode-recall")},
+            measure=False,
+        )
+    )
+    figures["decode_scale_recall"] = recall
+    full_recall, scaled_recall = recall["recall_at_1_full"], recall["recall_at_1_scaled"]
+    note = (
+        f"full-size decode {full_recall:.3f}; top-1 score {recall['mean_top1_score_scaled']:.4f} vs "
+        f"{recall['mean_top1_score_full']:.4f}; query cosine mean {recall['query_cosine_mean']:.4f}, "
+        f"min {recall['query_cosine_min']:.4f}"
+    )
+    ok = scaled_recall >= full_recall - RECALL_SLACK
+    where = f"{recall['frames']} degraded pool pictures, 720p"
+    ctx.add(Row(GROUP, RECALL_ROW, where, scaled_recall, "", f">= full-size - {RECALL_SLACK}", ok, note))
+
+    # The frames the render shows, for the encoder alone: the first render's choices.
+    ctx.log("render end to end, frames written (its choices feed the encoder alone)")
+    first = _render(ctx, clip, bundle, "limit-e2e", seed=1, verify=False, with_paths=True)
+    if first is None:
+        return
+    args = {
+        "pool_root": first["pool_root"],
+        "paths": first.pop("paths"),
+        "size": [1280, 720],
+        "fps": float(CLIP_FPS),
+        "scratch": str(ctx.work / "encode-alone"),
+    }
+    renders = [first]
+
+    def encode() -> dict[str, Any]:
+        ctx.log("libx264 veryfast encoding the same frames alone")
+        return child_dict(ctx.isolated(GROUP, "tests.bench.render_bench:encode_alone", args))
+
+    def end_to_end() -> dict[str, Any] | None:
+        if renders:
+            return renders.pop()  # the render already made, alternating with the encoder from here
+        ctx.log("render end to end, frames written")
+        return _render(ctx, clip, bundle, "limit-e2e", seed=1, verify=False)
+
+    both = ("match", "output")
+    pair = _best_pairs(encode, end_to_end, lambda r: _phase_fps(r, both))
+    if pair is None:
+        return
+    encoded, full = pair
+    fps = _phase_fps(full, both)
+    ratio = fps / encoded["fps"]
+    figures["limit_e2e"] = {"render": full, "encode_alone": encoded}
+    note = (
+        f"{fps:.1f} fps vs encode alone {encoded['fps']:.1f} fps; peak RSS {full['peak_tree_rss_mb']:.0f} MB; "
+        f"match {full['timings']['match']['seconds']:.1f} s + output {full['timings']['output']['seconds']:.1f} s; "
+        f"output busy/waiting s: {_stage_note(full['timings']['output'])}"
+    )
+    ctx.add(Row(GROUP, E2E_ROW, setting, ratio, "x", f">= {E2E_VS_ENCODE}", ratio >= E2E_VS_ENCODE, note))
+
+
 def _flat_twin(ctx: Context, ivf_bundle: Path) -> Path:
     dest = bench_root() / f"{ivf_bundle.name}-flat"
     args = {"source_path": str(ivf_bundle), "dest_path": str(dest)}
@@ -61,10 +338,12 @@ def _flat_twin(ctx: Context, ivf_bundle: Path) -> Path:
     return dest
 
 
-def _render(ctx: Context, clip: Path, bundle: Path, name: str, **options: Any) -> dict[str, Any] | None:
+def _render(
+    ctx: Context, clip: Path, bundle: Path, name: str, *, with_paths: bool = False, **options: Any
+) -> dict[str, Any] | None:
     """One render in a fresh process; a crash becomes a row of the table, not the end of the group."""
     out = ctx.work / f"render-{name}"
-    args = {"video": str(clip), "bundle": str(bundle), "out": str(out), "options": options}
+    args = {"video": str(clip), "bundle": str(bundle), "out": str(out), "options": options, "with_paths": with_paths}
     try:
         return child_dict(ctx.isolated(GROUP, "tests.bench.render_bench:render_once", args))
     except ChildFailed as exc:
@@ -105,7 +384,7 @@ def _matching(ctx: Context, clip: Path, n: int, kind: str, bundle: Path, figures
         ctx.add(Row(GROUP, name, setting, features_and_search(ms), "ms", target, met, "describe + search + select"))
     else:
         ctx.add(Row(GROUP, f"matching ms/frame ({kind})", setting, ms["total"], "ms", target, met, stages))
-    if not (n in NO_REPEAT_SIZES or ctx.quick):
+    if n not in NO_REPEAT_SIZES:
         return
     ctx.log(f"render matching only with --no-repeat, {label} pool, {kind}")
     nr = _render(ctx, clip, bundle, f"norepeat-{label}-{kind}", skip_output=True, verify=False, no_repeat=True)
@@ -151,20 +430,24 @@ def _end_to_end(
 
 
 def run(ctx: Context) -> None:
-    clip_seconds = 2.0 if ctx.quick else CLIP_SECONDS
+    figures: dict[str, Any] = {}
+    _limits(ctx, figures)
+    ctx.detail(GROUP, "figures", figures)
+    if ctx.quick:
+        return  # the limits are the quick check; the synthetic pools take a long build
+    clip_seconds = CLIP_SECONDS
     clip = data.ensure_clip(clip_seconds, CLIP_FPS, (1280, 720))
     bundles = synthetic_bundles(ctx)
-    figures: dict[str, Any] = {}
     clip_label = f"720p H.264, {clip_seconds:g} s at {CLIP_FPS} fps"
     flats = {n: _flat_twin(ctx, path) for n, path in bundles.items()}
     for n, ivf_bundle in bundles.items():
         since = len(ctx.rows)
         _matching(ctx, clip, n, "exact", flats[n], figures)
-        if n >= 100_000 or ctx.quick:
+        if n >= 100_000:
             _matching(ctx, clip, n, "IVF", ivf_bundle, figures)
         if n >= 500_000:
             ctx.mark_large_only(since)
-    for n in E2E_SIZES if not ctx.quick else tuple(bundles):
+    for n in E2E_SIZES:
         if n in flats:
             _end_to_end(ctx, clip, n, flats[n], clip_label, figures)
     if LARGEST in bundles:

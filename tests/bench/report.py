@@ -112,16 +112,37 @@ def readme_section(results: dict[str, Any]) -> str:
     )
 
 
-def update_readme(readme: Path, section: str) -> bool:
+def limits_section(results: dict[str, Any], names: tuple[str, ...]) -> str:
+    """The rows that set a phase beside its limit in one run (ratios: they hold even on a quick run)."""
+    m = results["machine"]
+    rows = [r for g in results["groups"].values() for r in g["rows"] if r["name"] in names]
+    how = "`python -m tests.bench.run --only render" + (" --quick`" if results.get("quick") else "`")
+    return "\n".join(
+        [
+            f"Measured by {how} on {m['cpu']}, {m['cores']} cores, {m['date']}; each ratio from one run, "
+            "the phase and its limit measured alternately twice and the fastest of each kept.",
+            "",
+            markdown_table(rows),
+        ]
+    )
+
+
+def markers(name: str | None = None) -> tuple[str, str]:
+    """The bench section's markers, or those of the section called ``name``."""
+    return (START, END) if name is None else (f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->")
+
+
+def update_readme(readme: Path, section: str, name: str | None = None) -> bool:
     """Replace what lies between the bench markers (a missing README is created with just them).
 
     The rest of the README is not the benchmark's: without both markers, in order, the
     file is left alone and False is returned.
     """
-    text = readme.read_text(encoding="utf-8") if readme.exists() else f"{START}\n{END}\n"
-    if START not in text or END not in text or text.index(START) > text.index(END):
+    start, end = markers(name)
+    text = readme.read_text(encoding="utf-8") if readme.exists() else f"{start}\n{end}\n"
+    if start not in text or end not in text or text.index(start) > text.index(end):
         return False
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.DOTALL)
-    replaced = pattern.sub(lambda _m: f"{START}\n{section}\n{END}", text, count=1)
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
+    replaced = pattern.sub(lambda _m: f"{start}\n{section}\n{end}", text, count=1)
     atomic_write_bytes(readme, replaced.encode("utf-8"))
     return True

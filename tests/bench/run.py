@@ -33,7 +33,7 @@ from typing import Any
 from shared.atomic import atomic_write_json
 from tests.bench import batch_bench, build_bench, data, dist_bench, neural_bench, render_bench, search_bench
 from tests.bench.common import Context, Row, load_average, rows_as_dicts
-from tests.bench.report import machine, readme_section, text_table, update_readme
+from tests.bench.report import limits_section, machine, readme_section, text_table, update_readme
 
 
 def update_group(ctx: Context) -> None:
@@ -140,10 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     print(text_table(all_rows))
     print(f"\nbenchmarks took {time.perf_counter() - started:.0f} s; figures in {out / RESULTS}")
     if args.readme is not None:
-        if update_readme(args.readme, readme_section(results)):
-            print(f"updated the bench section of {args.readme}")
-        else:
-            print(f"{args.readme} has no <!-- bench:start --> ... <!-- bench:end --> section; left unchanged")
+        # A quick run's small sizes would replace the whole table with figures not to quote:
+        # it writes only the limits section, whose ratios come from one run.
+        if not args.quick:
+            if update_readme(args.readme, readme_section(results)):
+                print(f"updated the bench section of {args.readme}")
+            else:
+                print(f"{args.readme} has no <!-- bench:start --> ... <!-- bench:end --> section; left unchanged")
+        if "render" in ordered and update_readme(
+            args.readme, limits_section(results, render_bench.LIMIT_ROWS), render_bench.LIMITS_SECTION
+        ):
+            print(f"updated the {render_bench.LIMITS_SECTION} section of {args.readme}")
     missed = [r for r in all_rows if r["met"] is False]
     if missed:
         print(f"{len(missed)} target(s) missed: " + "; ".join(f"{r['name']} ({r['setting']})" for r in missed))
