@@ -97,7 +97,7 @@ def test_frames_out_of_order_are_refused() -> None:
 
 def test_every_string_is_escaped_and_a_non_utf8_name_still_writes(tmp_path: Path, picture: Image) -> None:
     hostile = '<script>alert("x")</script> & "quoted" \udcff.jpg'  # \udcff: a non-UTF-8 byte, surrogateescaped
-    builder = ReportBuilder('<b>title</b> & "more"', 2)
+    builder = ReportBuilder('<b>title</b> & "more" \udcfe.mp4', 2)
     builder.add_frame(_record(0, name=hostile), picture, picture, None)
     builder.add_frame(_record(1, name=hostile), None, None, None)
     out = tmp_path / "report.html"
@@ -105,7 +105,7 @@ def test_every_string_is_escaped_and_a_non_utf8_name_still_writes(tmp_path: Path
     page = out.read_text(encoding="utf-8")
     assert "<script" not in page and "<b>title" not in page and "<k>" not in page and "<id>" not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &quot;quoted&quot; \ufffd.jpg" in page
-    assert "&lt;b&gt;title&lt;/b&gt; &amp; &quot;more&quot;" in page
+    assert "&lt;b&gt;title&lt;/b&gt; &amp; &quot;more&quot; \ufffd.mp4" in page  # in <title>, <h1> and the plot
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # written in place, no temporary left
 
 
