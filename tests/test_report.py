@@ -81,6 +81,15 @@ def test_pictures_for_frames_not_wanted_are_ignored(picture: Image) -> None:
     assert builder.html({}, {}, {}, []).count('class="thumb"') == 3 * 2  # frames 0 and 50
 
 
+def test_a_tile_render_without_photos_gets_two_picture_columns_and_its_zoom(picture: Image) -> None:
+    builder = ReportBuilder("tiles", 4, sample_every=2)
+    for index in range(4):
+        builder.add_frame(_record(index), picture, picture, None)
+    page = builder.html({}, {}, {}, [], tile_zoom=tile_zoom_crop(picture, (16, 9)))
+    assert "matched photo" not in page and "--pictures: 2" in page
+    assert page.count('class="thumb"') == 2 * 2 and page.count('class="zoom"') == 1
+
+
 def test_most_used_counts_the_frames_each_image_is_shown_in() -> None:
     builder = ReportBuilder("t", 6)
     for index, name in enumerate(["b.jpg", "a.jpg", "b.jpg", "c.jpg", "b.jpg", "a.jpg"]):
