@@ -215,11 +215,15 @@ class ReportBuilder:
                 for flag, label, css in ((r.switched, "switch", ""), (r.held, "held", "held"), (r.cut, "cut", "cut"))
                 if flag
             )
+            look = " · ".join(
+                f"{label} {value:{spec}}"
+                for label, value, spec in (("SSIM", r.ssim, ".2f"), ("ΔE", r.delta_e, ".1f"))
+                if value is not None
+            )
             cells.append(
                 f'<div class="meta"><b>#{r.index}</b> · {text(format_time(r.time))}<br>'
-                f'<span class="name">{text(r.image_name)}</span><br>score {r.score:.3f}'
-                f"{' · SSIM ' + format(r.ssim, '.2f') if r.ssim is not None else ''}"
-                f"{' · ΔE ' + format(r.delta_e, '.1f') if r.delta_e is not None else ''}<br>{tags}</div>"
+                f'<span class="name">{text(r.image_name)}</span><br>score {r.score:.3f}<br>'
+                f"{look + '<br>' if look else ''}{tags}</div>"
             )
             for thumb, what in ((row.source, "source"), (row.output, "output"), (row.photo, "photo")):
                 if what == "photo" and not has_photo:

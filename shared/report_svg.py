@@ -14,10 +14,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from html import escape
 
 import numpy as np
 from numpy.typing import NDArray
+
+from shared.report_html import text as escape
 
 WIDTH = 960
 PANEL_HEIGHT = 150

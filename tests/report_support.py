@@ -26,7 +26,7 @@ from shared.bundle import open_bundle
 from shared.report_html import Image
 from shared.spec import FeatureSpec
 from tests.media import make_test_video, skimage_images
-from tests.pools import make_pool
+from tests.pools import pool_variants, render_variant, write_jpeg
 
 CLIP_FPS = 10.0
 TILE_GRID = (16, 9)
@@ -40,15 +40,23 @@ class RenderedClip:
     out: Path
 
 
+def _pool_without(folder: Path, size: int, left_out: int) -> Path:
+    """``size`` real JPEGs cut from every package picture but the first ``left_out`` (the clip's)."""
+    variants = [v for v in pool_variants(2 * size, max_side=480) if v.source >= left_out][:size]
+    for i, variant in enumerate(variants):
+        write_jpeg(folder / f"img-{i:05d}.jpg", render_variant(variant))
+    return folder
+
+
 def render_for_report(folder: Path, *, pool_size: int = 24, pictures: int = 4) -> RenderedClip:
-    """A 320x180 clip of ``pictures`` real pictures (one second each) rendered against a real pool."""
-    pool = folder / "pool"
-    make_pool(pool, pool_size, max_side=480)
+    """A 320x180 clip of ``pictures`` real pictures (one second each) rendered against a pool of
+    other real pictures: footage that is in no pool, as a user's is."""
+    pool = _pool_without(folder / "pool", pool_size, pictures)
     bundle = folder / "bundle"
     build_bundle(pool, bundle, BuildOptions(spec=FeatureSpec(method="canny"), jobs=1))
     clip = make_test_video(folder / "clip.mp4", skimage_images()[:pictures], fps=CLIP_FPS, audio=False)
     out = folder / "out"
-    render(clip, bundle, out, RenderOptions(seed=3, search_depth=3, threshold=0.92))
+    render(clip, bundle, out, RenderOptions(seed=3, search_depth=3, threshold=0.8))
     return RenderedClip(clip, pool, bundle, out)
 
 

@@ -136,3 +136,27 @@ make lint                   # ruff format --check
         ("--no-repeat", "ff-index build"),  # a render option given to the build
         ("--json", "ff-index verify"),
     }
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    words = re.sub(r"[^\w\- ]", "", heading.strip("# ").lower())
+    return words.replace(" ", "-")
+
+
+def test_links_between_the_docs_lead_to_a_file_and_heading() -> None:
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for doc in docs:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text(encoding="utf-8")):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (doc.parent / path).resolve() if path else doc
+            if not file.exists():
+                broken.append(f"{doc.name}: {target} (no such file)")
+            elif anchor and file.suffix == ".md":
+                headings = [line for line in file.read_text(encoding="utf-8").splitlines() if line.startswith("#")]
+                if anchor not in {_anchor(h) for h in headings}:
+                    broken.append(f"{doc.name}: {target} (no such heading)")
+    assert not broken, "\n".join(broken)

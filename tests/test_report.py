@@ -81,6 +81,15 @@ def test_pictures_for_frames_not_wanted_are_ignored(picture: Image) -> None:
     assert builder.html({}, {}, {}, []).count('class="thumb"') == 3 * 2  # frames 0 and 50
 
 
+def test_a_tile_render_without_photos_gets_two_picture_columns_and_its_zoom(picture: Image) -> None:
+    builder = ReportBuilder("tiles", 4, sample_every=2)
+    for index in range(4):
+        builder.add_frame(_record(index), picture, picture, None)
+    page = builder.html({}, {}, {}, [], tile_zoom=tile_zoom_crop(picture, (16, 9)))
+    assert "matched photo" not in page and "--pictures: 2" in page
+    assert page.count('class="thumb"') == 2 * 2 and page.count('class="zoom"') == 1
+
+
 def test_most_used_counts_the_frames_each_image_is_shown_in() -> None:
     builder = ReportBuilder("t", 6)
     for index, name in enumerate(["b.jpg", "a.jpg", "b.jpg", "c.jpg", "b.jpg", "a.jpg"]):
@@ -97,7 +106,7 @@ def test_frames_out_of_order_are_refused() -> None:
 
 def test_every_string_is_escaped_and_a_non_utf8_name_still_writes(tmp_path: Path, picture: Image) -> None:
     hostile = '<script>alert("x")</script> & "quoted" \udcff.jpg'  # \udcff: a non-UTF-8 byte, surrogateescaped
-    builder = ReportBuilder('<b>title</b> & "more"', 2)
+    builder = ReportBuilder('<b>title</b> & "more" \udcfe.mp4', 2)
     builder.add_frame(_record(0, name=hostile), picture, picture, None)
     builder.add_frame(_record(1, name=hostile), None, None, None)
     out = tmp_path / "report.html"
@@ -105,7 +114,7 @@ def test_every_string_is_escaped_and_a_non_utf8_name_still_writes(tmp_path: Path
     page = out.read_text(encoding="utf-8")
     assert "<script" not in page and "<b>title" not in page and "<k>" not in page and "<id>" not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &quot;quoted&quot; \ufffd.jpg" in page
-    assert "&lt;b&gt;title&lt;/b&gt; &amp; &quot;more&quot;" in page
+    assert "&lt;b&gt;title&lt;/b&gt; &amp; &quot;more&quot; \ufffd.mp4" in page  # in <title>, <h1> and the plot
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # written in place, no temporary left
 
 
