@@ -483,7 +483,11 @@ def _output(run: _Render, choices: list[Choice], fps: float, root: Path) -> _Wri
         stages.append(FramesSink(frames_dir, jpegs))
     if samples:
         stages.append(SamplesSink(samples_dir, samples, jpegs, names.name))
-    report = ReportSink(ReportBuilder(f"{run.video.name} × {run.bundle.path.name}", len(choices)), names.name)
+    report = ReportSink(
+        ReportBuilder(f"{run.video.name} × {run.bundle.path.name}", len(choices)),
+        names.name,
+        tiles=options.tiles is not None,
+    )
     if options.report:
         stages.append(report)
     bar = progress_bar(len(choices), "rendering", "frame", enabled=options.progress)
@@ -537,6 +541,15 @@ def _write_report(run: _Render, sink: ReportSink, choices: list[Choice], quality
                 "mean SSIM": round(quality.mean_ssim, 4),
                 "mean ΔE": round(quality.mean_delta_e, 2),
                 "flicker (× source)": None if quality.flicker is None else round(quality.flicker, 2),
+            }
+        )
+    if run.options.tiles is not None:
+        tiles = _tile_summary(run)
+        summary.update(
+            {
+                "tile grid": tiles["grid"],
+                "distinct tile images": tiles["distinct_images"],
+                "cells switching": tiles["cell_switch_rate"],
             }
         )
     bundle = {"id": run.bundle.bundle_id[:16], "method": run.bundle.spec.method, "images": run.bundle.count}

@@ -86,9 +86,11 @@ class ReportSink(Stage[OutputFrame, OutputFrame]):
 
     name = "report"
 
-    def __init__(self, builder: ReportBuilder, name_of: Callable[[int], str]) -> None:
+    def __init__(self, builder: ReportBuilder, name_of: Callable[[int], str], *, tiles: bool = False) -> None:
         self.builder = builder
         self.name_of = name_of
+        # Tile mode: the output is the picture; a frame's "image" is only its most used tile.
+        self.tiles = tiles
         self.last: OutputFrame | None = None  # the last frame, for the report's tile zoom
         self._previous_id: int | None = None
 
@@ -100,7 +102,7 @@ class ReportSink(Stage[OutputFrame, OutputFrame]):
             index=choice.index,
             time=choice.time,
             image_id=choice.image_id,
-            image_name=self.name_of(choice.image_id),
+            image_name=("mosaic; most used tile " if self.tiles else "") + self.name_of(choice.image_id),
             score=choice.score,
             ssim=item.metrics.get("ssim"),
             delta_e=item.metrics.get("delta_e"),
@@ -109,7 +111,7 @@ class ReportSink(Stage[OutputFrame, OutputFrame]):
             cut=choice.cut,
         )
         if self.builder.wants_thumbnails(choice.index, switched):
-            self.builder.add_frame(record, item.source, item.image, item.photo)
+            self.builder.add_frame(record, item.source, item.image, None if self.tiles else item.photo)
         else:
             self.builder.add_frame(record, None, None, None)
         self.last = item

@@ -27,7 +27,7 @@ from tests.media import real_clip
 
 PHOTOS = 900  # crops and colour variants of the package photos
 STRIP_FRAMES = (10, 45, 80, 120)
-STRIP_WIDTH = 320
+STRIP_WIDTH = 256
 
 
 def _run(args: list[str]) -> None:
@@ -65,7 +65,7 @@ def _frames(video: Path, wanted: tuple[int, ...]) -> dict[int, NDArray[np.uint8]
 
 
 def comparison_strip(clip: Path, renders: dict[str, Path], dest: Path) -> None:
-    """PNG: one row per frame of STRIP_FRAMES, one column per video (the clip, then each render)."""
+    """JPEG: one row per frame of STRIP_FRAMES, one column per video (the clip, then each render)."""
     columns = {"source": clip, **{label: out / f"{clip.stem}_matched.mp4" for label, out in renders.items()}}
     grabbed = {label: _frames(path, STRIP_FRAMES) for label, path in columns.items()}
     rows = []
@@ -80,7 +80,7 @@ def comparison_strip(clip: Path, renders: dict[str, Path], dest: Path) -> None:
                 cv2.putText(small, label, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
             cells.append(small)
         rows.append(np.hstack(cells))
-    ok, buffer = cv2.imencode(".png", np.vstack(rows))
+    ok, buffer = cv2.imencode(".jpg", np.vstack(rows), [cv2.IMWRITE_JPEG_QUALITY, 85])
     assert ok
     atomic_write_bytes(dest, buffer.tobytes())
 
@@ -100,7 +100,7 @@ def main(out_root: Path) -> int:
     samples = ["--save-samples", "4", "--sample-interval", "30"]
     _run([ff_render, str(clip), str(bundle), str(renders["full frame"]), *samples])
     _run([ff_render, str(clip), str(bundle), str(renders["tiles 32x18"]), "--tiles", "32x18"])
-    strip = out_root / "strip.png"
+    strip = out_root / "strip.jpg"
     comparison_strip(clip, renders, strip)
     print(f"demo done in {time.perf_counter() - started:.0f} s")
     print(f"  comparison strip: {strip}")
