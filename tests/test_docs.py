@@ -160,3 +160,10 @@ def test_links_between_the_docs_lead_to_a_file_and_heading() -> None:
                 if anchor not in {_anchor(h) for h in headings}:
                     broken.append(f"{doc.name}: {target} (no such heading)")
     assert not broken, "\n".join(broken)
+
+
+def test_the_cli_reference_is_the_current_help() -> None:
+    """docs/cli.md's option block is `--help` itself: rerun `python -m tests.cli_reference` after changing options."""
+    from tests.cli_reference import CLI_DOC, current_block, reference
+
+    assert current_block(CLI_DOC.read_text()) == reference()
