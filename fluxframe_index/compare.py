@@ -87,9 +87,11 @@ class CompareOptions:
 
     def method_names(self) -> list[str] | None:
         """The methods asked for, in the order given (None: every ready one); an unknown name is refused."""
-        if self.methods is None or not self.methods.strip():
+        if self.methods is None:
             return None
         names = [name.strip() for name in self.methods.split(",") if name.strip()]
+        if not names:
+            raise UsageError(f"--methods names no method ({self.methods!r}); e.g. --methods canny,hog")
         for name in names:
             if name not in ALL_METHODS:
                 raise UsageError(f"--methods: unknown method {name!r}; choose from {', '.join(ALL_METHODS)}")

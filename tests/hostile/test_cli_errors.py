@@ -32,6 +32,7 @@ TEXT_CASES: dict[str, list[str]] = {
     "--scheduler": ["tcp://127.0.0.1:1"],  # only valid with --backend dask
     "--color-grid": ["16", "0x9", "axb", "", "300x2"],
     "--tiles": ["32", "0x18", "32x", "x18", "32x18x2"],
+    "--methods": ["nosuch", "canny,nosuch", ",", ""],
 }
 # Path options whose value is checked by the command itself (a plain file or folder is fine).
 PATH_CASES: dict[str, list[str]] = {"--onnx-model": ["{file}"]}  # --onnx-model is for neural methods only
@@ -47,6 +48,7 @@ def _commands() -> list[tuple[str, click.Command, list[str]]]:
         "methods": [],
         "merge": ["{tmp}/a", "{tmp}/b", "{tmp}/out"],
         "export-model": ["efficientnet"],
+        "compare": ["{file}", "{pool}"],
     }
     out = [(f"ff-index {name}", command, arguments[name]) for name, command in sorted(ff_index.commands.items())]
     out.append(("ff-render", ff_render, ["{file}", "{tmp}/bundle", "{tmp}/out"]))
