@@ -41,6 +41,8 @@ OVERHEAD_PCT = 15.0
 # "Flat" peak memory: the 1M render may hold at most this much more private memory than the 20k one.
 FLAT_RSS_RATIO = 1.25
 OVERHEAD_IMAGES = 2_000
+# Best of: on a shared machine one build of 2,000 JPEGs varied by 70 % between rounds (11.6 s, 19.8 s).
+OVERHEAD_ROUNDS = 3
 
 
 def tile_render_once(video: str, bundle: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +157,7 @@ def _overhead(ctx: Context) -> None:
     images = 1_000 if ctx.quick else OVERHEAD_IMAGES
     ctx.log(f"atlas build overhead: canny, 2 workers, {images:,} JPEGs, with and without tile data")
     data.pool_dir(images, ctx.jobs)  # made here, not inside the measurement
-    args = {"images": images, "jobs": 2, "rounds": 1 if ctx.quick else 2}
+    args = {"images": images, "jobs": 2, "rounds": 1 if ctx.quick else OVERHEAD_ROUNDS}
     try:
         r = child_dict(ctx.isolated(GROUP, "tests.bench.tile_bench:overhead", args))
     except ChildFailed as exc:
@@ -164,10 +166,21 @@ def _overhead(ctx: Context) -> None:
     ctx.detail(GROUP, "overhead", r)
     setting = f"ff-index canny, --jobs 2, {images:,} real JPEGs"
     target, met = at_most(r["overhead_pct_wall_best_of"], OVERHEAD_PCT)
-    base, tiled = min(r["seconds_features_only"]), min(r["seconds_with_tiles"])
-    workers = ", ".join(f"{p:.1f}" for p in r["overhead_pct_worker_seconds"])
-    note = f"best of {args['rounds']}: {base:.1f} s --tile-size 0, {tiled:.1f} s default; worker-seconds {workers} %"
-    ctx.add(Row(GROUP, "atlas build overhead", setting, r["overhead_pct_wall_best_of"], "%", target + " %", met, note))
+    plain, tiled = r["seconds_features_only"], r["seconds_with_tiles"]
+    spread = f"{min(plain):.1f}-{max(plain):.1f} s"
+    note = f"best of {args['rounds']}: {min(plain):.1f} s --tile-size 0, {min(tiled):.1f} s default (rounds {spread})"
+    name = "atlas build overhead, wall time"
+    ctx.add(Row(GROUP, name, setting, r["overhead_pct_wall_best_of"], "%", target + " %", met, note))
+    # Wall time of one build varies by more than the overhead on a shared machine: the workers' own
+    # seconds in the tile step against all their other steps vary far less.
+    shares = sorted(r["overhead_pct_worker_seconds"])
+    median = shares[len(shares) // 2]
+    target, met = at_most(median, OVERHEAD_PCT)
+    note = "tile step ÷ read + decode + features + write, summed over workers; rounds " + ", ".join(
+        f"{p:.1f}" for p in shares
+    )
+    name = "atlas build overhead, worker seconds"
+    ctx.add(Row(GROUP, name, setting, median, "%", target + " %", met, note))
     per_image = r["atlas_bytes_per_image"]
     tiles_note = f"+ {r['tiles_bytes_per_image']:.0f} B of tile descriptors"
     ctx.add(Row(GROUP, "atlas bytes per image", "32 x 32 px tiles, uint8 BGR", per_image, "B", note=tiles_note))
