@@ -7,10 +7,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 EXTRAS ?= dev,export,dask
 
-.PHONY: install test test-fast lint demo bench bench-large clean help
+.PHONY: install test test-fast lint demo bench bench-large quality clean help
 
 help:
-	@echo "make install | test | test-fast | lint | demo | bench | bench-large"
+	@echo "make install | test | test-fast | lint | demo | bench | bench-large | quality"
 	@echo "make index POOL=dir BUNDLE=dir [METHOD=canny INDEX_ARGS=...]"
 	@echo "make render VIDEO=file BUNDLE=dir OUT=dir [RENDER_ARGS=...]"
 	@echo "make renders VIDEOS=dir BUNDLE=dir OUTROOT=dir [RENDER_ARGS=...] [-j N]"
@@ -44,6 +44,10 @@ bench: $(STAMP)
 
 bench-large: $(STAMP)
 	$(BIN)/python -m tests.bench.run --out bench-out --readme docs/performance.md --large
+
+# The look on real footage in no pool, every coherence x colour mode and tiles: docs/look.md + docs/look-strip.png.
+quality: $(STAMP)
+	$(BIN)/python -m tests.bench.look_report --out bench-out/look --doc docs/look.md --strip docs/look-strip.png
 
 clean:
 	rm -rf demo-out bench-out .bench

@@ -6,6 +6,8 @@ Groups (``--only build,search,render,neural``; all by default):
 - search: bundle open, exact and IVF ms/frame, IVF recall@10, no-repeat cost (20k, 100k; --large: 500k, 1M),
   and IVF recall with the clip's frames as queries (20k real JPEGs; --large: 500k, 1M);
 - render: ff-render matching ms/frame and end-to-end frames/s on a 720p clip;
+- tiles: ff-render --tiles 32x18 frames/s next to libx264 alone (20k; --large: 1M IVF), atlas size and
+  build overhead, peak memory 20k vs 1M (tests/bench/tile_group.py);
 - neural: efficientnet img/s and export time, when a model has been exported.
 
 Data are generated on the spot and cached under .bench/. Results: a table on stdout,
@@ -31,7 +33,16 @@ from pathlib import Path
 from typing import Any
 
 from shared.atomic import atomic_write_json
-from tests.bench import batch_bench, build_bench, data, dist_bench, neural_bench, render_bench, search_bench
+from tests.bench import (
+    batch_bench,
+    build_bench,
+    data,
+    dist_bench,
+    neural_bench,
+    render_bench,
+    search_bench,
+    tile_group,
+)
 from tests.bench.common import Context, Row, load_average, rows_as_dicts
 from tests.bench.report import limits_section, machine, readme_section, text_table, update_readme
 
@@ -53,6 +64,7 @@ GROUPS: dict[str, Callable[[Context], None]] = {
     "build": build_bench.run,
     "search": search_bench.run,
     "render": render_bench.run,
+    "tiles": tile_group.run,
     "neural": neural_bench.run,
     "distributed": update_group,
     "batch": batch_group,
