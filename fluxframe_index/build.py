@@ -44,7 +44,8 @@ from shared.bundle import (
 )
 from shared.cli_support import progress_bar
 from shared.errors import BundleError, InputError, OutputError, StateError, UsageError
-from shared.features.base import Block, create_extractor, method_info
+from shared.features.base import Block
+from shared.features.registry import create_extractor, method_info
 from shared.hashing import sha256_json
 from shared.images import DEFAULT_MAX_PIXELS
 from shared.lock import ExclusiveLock
@@ -68,6 +69,8 @@ class BuildOptions:
     progress: bool = False
     replace: bool = False  # replace a bundle of another feature spec at the destination
     tile_size: int | None = DEFAULT_TILE_SIZE  # atlas tile side for tile mode; None: no tile data
+    # The neural model file resolve_model() chose; None: found in the model cache by spec.model_sha256.
+    model_file: Path | None = None
 
     def __post_init__(self) -> None:
         if self.jobs < 1:
@@ -232,7 +235,7 @@ def _build_bundle(
     shard_dir = stage / "shards"
     asset_dir = stage / "assets"
     asset_dir.mkdir(exist_ok=True)
-    info.prepare_assets(spec, asset_dir)
+    info.prepare_assets(spec, asset_dir, options.model_file)
 
     tasks = chunk_tasks(scan, spec, asset_dir, shard_dir, options)
     pending = [t for t in tasks if not shard_paths(shard_dir, t.index)[1].exists()]

@@ -30,8 +30,9 @@ from numpy.typing import NDArray
 from shared.atomic import atomic_save_npy, atomic_write_bytes
 from shared.bundle import display_path
 from shared.errors import ImageDecodeError
-from shared.features.base import Extractor, create_extractor
+from shared.features.base import Extractor
 from shared.features.neural import configure_runtime
+from shared.features.registry import create_extractor
 from shared.images import DEFAULT_MAX_PIXELS, decode_image, prepare_image, read_header, read_image_bytes
 from shared.spec import FeatureSpec
 from shared.tiles import atlas_tile, describe_tiles

@@ -147,8 +147,9 @@ class BuildCommandLine:
     def is_neural(self) -> bool:
         return self.method in NEURAL_METHODS
 
-    def build_options(self, spec: FeatureSpec) -> BuildOptions:
+    def build_options(self, spec: FeatureSpec, model_file: Path | None = None) -> BuildOptions:
         return BuildOptions(
+            model_file=model_file,
             spec=spec,
             jobs=self.jobs,
             chunk_size=self.chunk_size,

@@ -50,7 +50,7 @@ from fluxframe_index.scan import PoolEntry, ScanRejection, ScanResult, describe_
 from shared.bundle import Bundle, display_path, open_bundle
 from shared.cli_support import progress_bar
 from shared.errors import BundleError, InputError, UsageError
-from shared.features.base import create_extractor, method_info
+from shared.features.registry import create_extractor, method_info
 from shared.hashing import sha256_json
 from shared.tiles import TileSpec
 
@@ -156,7 +156,7 @@ def _update_bundle(
     prepare_staging(stage, plan)
     shard_dir, asset_dir = stage / "shards", stage / "assets"
     asset_dir.mkdir(exist_ok=True)
-    for name in method_info(spec.method).prepare_assets(spec, asset_dir):
+    for name in method_info(spec.method).prepare_assets(spec, asset_dir, options.model_file):
         # The kept vectors were made with the old bundle's assets: use exactly those.
         shutil.copy2(old.path / name, asset_dir / name)
     todo_scan = ScanResult(root=scan.root, entries=todo, rejected=[])

@@ -42,7 +42,8 @@ from numpy.typing import NDArray
 from shared import __version__
 from shared.atomic import atomic_write_json, exchange_paths, fsync_dir
 from shared.errors import BundleError, ImageDecodeError
-from shared.features.base import Block, Extractor, create_extractor
+from shared.features.base import Block, Extractor
+from shared.features.registry import create_extractor
 from shared.hashing import sha256_file, sha256_json
 from shared.spec import FeatureSpec
 from shared.tiles import TileSpec
