@@ -25,12 +25,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from joblib import Parallel, delayed, parallel_config
 
-from fluxframe_index.assemble import IMAGE_COLUMNS, RowRun, write_rejected, write_rows
+from fluxframe_index.assemble import RowRun, write_rejected, write_rows
 from fluxframe_index.extract import ChunkStats, ChunkTask, extract_chunk, shard_paths, tile_shard_paths
 from fluxframe_index.ivf import build_ivf_index
 from fluxframe_index.scan import ScanRejection, ScanResult, SkippedFolder, describe_unusable, scan_pool
 from shared.atomic import atomic_write_json
 from shared.bundle import (
+    IMAGE_COLUMNS,
     INDEX,
     REJECTED,
     TILE_INDEX,

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from shared.atomic import atomic_save_npy, atomic_write_bytes
-from shared.bundle import display_path
+from shared.bundle import IMAGE_COLUMNS, IMAGES_SCHEMA, display_path
 from shared.errors import ImageDecodeError
 from shared.features.base import Extractor
 from shared.features.neural import configure_runtime
@@ -37,16 +37,12 @@ from shared.images import DEFAULT_MAX_PIXELS, decode_image, prepare_image, read_
 from shared.spec import FeatureSpec
 from shared.tiles import atlas_tile, describe_tiles
 
+# A shard's table: the images table's columns (without the id, given at assembly) for every file
+# of the chunk, its place in the scan, and whether it was usable.
 SHARD_META_SCHEMA = pa.schema(
     [
         ("entry", pa.int64()),
-        ("path", pa.string()),
-        ("raw_path", pa.binary()),
-        ("bytes", pa.int64()),
-        ("mtime_ns", pa.int64()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("sha256", pa.string()),
+        *(IMAGES_SCHEMA.field(name) for name in IMAGE_COLUMNS),
         ("status", pa.string()),  # "ok" or a rejection reason
         ("detail", pa.string()),
     ]

@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from fluxframe_index.assemble import IMAGE_COLUMNS, RowRun, sort_key, write_rejected, write_rows
+from fluxframe_index.assemble import RowRun, sort_key, write_rejected, write_rows
 from fluxframe_index.build import BuildResult, build_tile_ivf, bundle_lock, discard_staging, staging_dir
 from fluxframe_index.ivf import build_ivf_index
 from fluxframe_index.scan import ScanRejection
 from shared.bundle import (
     ATLAS,
+    IMAGE_COLUMNS,
     INDEX,
     REJECTED,
     TILE_INDEX,

@@ -29,7 +29,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fluxframe_index.assemble import IMAGE_COLUMNS, RowRun, sort_key, write_rows
+from fluxframe_index.assemble import RowRun, sort_key, write_rows
 from fluxframe_index.build import (
     BuildOptions,
     BuildResult,
@@ -47,7 +47,7 @@ from fluxframe_index.build import (
 )
 from fluxframe_index.extract import ChunkStats, ChunkTask, shard_paths
 from fluxframe_index.scan import PoolEntry, ScanRejection, ScanResult, describe_unusable, scan_pool
-from shared.bundle import Bundle, display_path, open_bundle
+from shared.bundle import IMAGE_COLUMNS, Bundle, display_path, open_bundle
 from shared.cli_support import progress_bar
 from shared.errors import BundleError, InputError, UsageError
 from shared.features.registry import create_extractor, method_info
