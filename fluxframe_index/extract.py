@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
+from fluxframe_index.shards import shard_paths, tile_shard_paths
 from shared.atomic import atomic_save_npy, atomic_write_bytes
 from shared.bundle import IMAGE_COLUMNS, IMAGES_SCHEMA, display_path
 from shared.errors import ImageDecodeError
@@ -79,17 +80,6 @@ class ChunkStats:
     feature_s: float
     write_s: float
     tile_s: float = 0.0
-
-
-def shard_paths(shard_dir: Path, index: int) -> tuple[Path, Path]:
-    stem = shard_dir / f"shard-{index:06d}"
-    return stem.with_suffix(".vec.npy"), stem.with_suffix(".meta.parquet")
-
-
-def tile_shard_paths(shard_dir: Path, index: int) -> tuple[Path, Path]:
-    """A shard's atlas tiles and tile descriptors, one row per accepted image (as its vectors)."""
-    stem = shard_dir / f"shard-{index:06d}"
-    return stem.with_suffix(".atlas.npy"), stem.with_suffix(".tiles.npy")
 
 
 _EXTRACTORS: dict[tuple[str, str], Extractor] = {}
