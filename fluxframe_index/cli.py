@@ -122,6 +122,9 @@ def build(pool: Path, bundle: Path, debug: bool, **values: Any) -> None:
             else:
                 result = build_bundle(pool, bundle, options)
         _print_build_summary(result)
+        if args.timings:
+            for line in result.timings.lines():
+                click.echo(line)
 
 
 def _backend(backend: str, scheduler: str | None, jobs: int) -> contextlib.AbstractContextManager[None]:

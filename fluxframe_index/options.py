@@ -124,6 +124,9 @@ class BuildCommandLine:
         maximum=256,
     )
     progress: bool = option(True, QUIET_HELP, OUTPUT, off_flag="--quiet")
+    timings: bool = option(
+        False, "Print busy and waiting seconds per stage (scan, extract, write, seal) after the summary.", OUTPUT
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self)

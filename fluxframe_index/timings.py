@@ -83,5 +83,6 @@ class BuildTimings:
             f"{name} {seconds:.2f} s ({100 * seconds / total:.0f}%)" if total > 0 else f"{name} 0.00 s"
             for name, seconds in self.extract_parts.items()
         )
-        out.append(f"extract (worker seconds, summed over {self.jobs} job{'s' if self.jobs != 1 else ''}): {shares}")
+        jobs = f"{self.jobs} job{'s' if self.jobs != 1 else ''}"
+        out.append(f"worker seconds in extract (summed over {jobs}): {shares}")
         return out

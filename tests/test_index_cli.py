@@ -67,6 +67,24 @@ def test_a_second_build_says_it_has_nothing_to_do(small_pool: Path, tmp_path: Pa
     assert other.exit_code == 0 and "indexed 12 images" in other.stdout
 
 
+def test_build_timings_are_printed_and_kept_in_the_manifest(small_pool: Path, tmp_path: Path) -> None:
+    run = ff_index("build", str(small_pool), str(tmp_path / "b"), "--jobs", "1", "--quiet", "--timings")
+    assert run.exit_code == 0, run.output
+    table = run.stdout.splitlines()
+    rows = {words[0]: [float(w) for w in words[1:]] for words in map(str.split, table) if len(words) == 3}
+    assert set(rows) == {"scan", "extract", "write", "seal"} and all(v >= 0 for r in rows.values() for v in r)
+    assert any(line.startswith("worker seconds in extract") and "decode" in line for line in table)
+    recorded = open_bundle(tmp_path / "b").manifest.extra["timings"]
+    assert set(recorded["stages"]) == {"scan", "extract", "write", "seal"}
+    parts = recorded["extract_parts_s"]
+    # Twelve real photos were decoded and described: both took measurable worker time.
+    assert parts["decode"] > 0 and parts["features"] > 0
+    assert recorded["stages"]["extract"]["busy_s"] >= parts["decode"] + parts["features"]
+    assert recorded["stages"]["write"]["busy_s"] > 0
+    again = ff_index("build", str(small_pool), str(tmp_path / "b"), "--jobs", "1", "--quiet")
+    assert "--timings" not in again.stdout and "busy s" not in again.stdout
+
+
 def test_info_describes_the_bundle(small_bundle: Path) -> None:
     result = ff_index("info", str(small_bundle))
     assert result.exit_code == 0, result.output
