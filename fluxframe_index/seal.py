@@ -2,6 +2,10 @@
 
 What a bundle was asked to be (its request) is described here once, so the up-to-date
 check of a build and a merge's manifest say it the same way.
+
+How long each stage took is kept out of the bundle: two builds of the same pool give
+manifests that differ only in created_at, and a bundle holds only sealed files. The
+timings travel in the BuildResult (ff-index build --timings prints them).
 """
 
 from __future__ import annotations
@@ -62,10 +66,7 @@ def seal_bundle(
     timings: BuildTimings,
     progress: bool = False,
 ) -> Manifest:
-    """Finish an assembled bundle folder: rejected.parquet, the IVF indexes if asked, manifest, swap into ``dest``.
-
-    The manifest records the timings up to its own writing: hashing the files and the swap come after.
-    """
+    """Finish an assembled bundle folder: rejected.parquet, the IVF indexes if asked, manifest, swap into ``dest``."""
     request = description.request
     with timings.busy("seal"):
         write_rejected(work / REJECTED, rejected)
@@ -87,7 +88,7 @@ def seal_bundle(
             rejected_count=len(rejected),
             dim=sum(b.dim for b in description.blocks),
             index=index_info,
-            extra={"request": request.to_dict(), **description.extra, "timings": timings.to_dict()},
+            extra={"request": request.to_dict(), **description.extra},
         )
 
 

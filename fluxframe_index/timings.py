@@ -13,6 +13,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from fluxframe_index.extract import ChunkStats
 
@@ -64,7 +65,7 @@ class BuildTimings:
             "finalize": self.stages["seal"].busy_s,
         }
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "jobs": self.jobs,
             "stages": {

@@ -228,85 +228,108 @@ class UpdateSource:
         return f"{self.pool}: no usable images left after the update{detail}"
 
     def rows(self, shard_dir: Path, dim: int) -> Rows:
-        keep, tiles, old = self.changes.keep, self.tiles, self.old
-        fresh: dict[str, tuple[int, int]] = {}  # path -> (task, row within the shard's accepted rows)
-        runs_by_task: dict[int, RowRun] = {}
         rejected: list[ScanRejection] = list(self.scan.rejected)
+        fresh: dict[str, tuple[RowRun, int]] = {}  # path -> (its shard's rows, its row there)
         for task in self._tasks:
             rejected.extend(shard_rejections(read_meta(shard_dir, task.index)))
-            run = read_shard(shard_dir, task.index, dim, tiles)
-            runs_by_task[task.index] = run
+            run = read_shard(shard_dir, task.index, dim, self.tiles)
             for row, raw in enumerate(run.columns["raw_path"]):
-                fresh[os.fsdecode(raw)] = (task.index, row)
+                fresh[os.fsdecode(raw)] = (run, row)
         rejected.sort(key=lambda r: sort_key(r.path))
-        kept_tiles = _tile_only_rows(self._tile_tasks, tiles)
+        kept_tiles = None if self.tiles_from_old else _tile_only_rows(self._tile_tasks, self.tiles)
+        keep = self.changes.keep
         order = [e.path for e in self.scan.entries if e.path in keep or e.path in fresh]
-        full_old = old.read_images_table()
         # A kept file that was only touched gets its current mtime, as a full rebuild would record
         # (and the next update then need not hash it again).
         mtimes = {e.path: e.mtime_ns for e in self.scan.entries if e.path in keep}
-        remap_old: list[int] = []
-        remap_new: list[int] = []
-        tiles_from_old = self.tiles_from_old
+        blocks = _UpdatedRows(self.old, keep, mtimes, fresh, dim, self.tiles, kept_tiles)
 
         def runs() -> Iterator[RowRun]:
             for start in range(0, len(order), RUN_ROWS):
-                block = order[start : start + RUN_ROWS]
-                vectors = np.empty((len(block), dim), dtype=np.float32)
-                columns: dict[str, list[Any]] = {name: [] for name in IMAGE_COLUMNS}
-                old_ids = [keep[p] for p in block if p in keep]
-                old_vectors = old.vectors[np.asarray(old_ids, dtype=np.int64)] if old_ids else None
-                old_meta = full_old.take(pa.array(old_ids, type=pa.int64())) if old_ids else None
-                old_columns = {n: old_meta.column(n).to_pylist() for n in IMAGE_COLUMNS} if old_meta is not None else {}
-                atlas = np.empty((len(block), tiles.size, tiles.size, 3), dtype=np.uint8) if tiles else None
-                descriptors = np.empty((len(block), tiles.dim), dtype=np.float32) if tiles else None
-                old_atlas, old_descriptors = _old_tile_rows(old, old_ids) if tiles and tiles_from_old else (None, None)
-                k = 0
-                for row, path in enumerate(block):
-                    if path in keep:
-                        assert old_vectors is not None
-                        vectors[row] = old_vectors[k]
-                        for name in IMAGE_COLUMNS:
-                            columns[name].append(mtimes[path] if name == "mtime_ns" else old_columns[name][k])
-                        if atlas is not None and descriptors is not None:
-                            if old_atlas is not None and old_descriptors is not None:
-                                atlas[row], descriptors[row] = old_atlas[k], old_descriptors[k]
-                            else:
-                                atlas[row], descriptors[row] = kept_tiles[path]
-                        remap_old.append(keep[path])
-                        remap_new.append(start + row)
-                        k += 1
-                    else:
-                        task_index, shard_row = fresh[path]
-                        run = runs_by_task[task_index]
-                        vectors[row] = run.vectors[shard_row]
-                        for name in IMAGE_COLUMNS:
-                            columns[name].append(run.columns[name][shard_row])
-                        if atlas is not None and descriptors is not None:
-                            assert run.atlas is not None and run.tiles is not None
-                            atlas[row], descriptors[row] = run.atlas[shard_row], run.tiles[shard_row]
-                yield RowRun(vectors, columns, atlas, descriptors)
+                yield blocks.run(order[start : start + RUN_ROWS], start)
 
-        def write_remap(work: Path) -> None:
-            remap = pa.table({"old_id": remap_old, "new_id": remap_new}, schema=ID_REMAP_SCHEMA)
-            pq.write_table(remap, work / ID_REMAP)
-
-        return Rows(len(order), runs(), rejected, write_remap)
+        return Rows(len(order), runs(), rejected, blocks.write_remap)
 
 
-def _old_tile_rows(old: Bundle, ids: list[int]) -> tuple[npt.NDArray[np.uint8] | None, npt.NDArray[np.float32] | None]:
-    if not ids:
-        return None, None
-    index = np.asarray(ids, dtype=np.int64)
-    return np.asarray(old.atlas[index]), np.asarray(old.tile_descriptors[index])
+TileRows = dict[str, tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]]
 
 
-def _tile_only_rows(
-    tasks: list[ChunkTask], tiles: TileSpec | None
-) -> dict[str, tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]]:
+class _UpdatedRows:
+    """An updated bundle's rows, a run at a time: kept rows from the old bundle, fresh ones from the shards.
+
+    Remembers where each kept row went (id_remap.parquet). Tile data of kept rows comes from
+    the old bundle, or from ``kept_tiles`` when this update computed it.
+    """
+
+    def __init__(
+        self,
+        old: Bundle,
+        keep: dict[str, int],
+        mtimes: dict[str, int],
+        fresh: dict[str, tuple[RowRun, int]],
+        dim: int,
+        tiles: TileSpec | None,
+        kept_tiles: TileRows | None,
+    ) -> None:
+        self.old, self.keep, self.mtimes, self.fresh = old, keep, mtimes, fresh
+        self.dim, self.tiles, self.kept_tiles = dim, tiles, kept_tiles
+        self.old_table = old.read_images_table()
+        self.remap_old: list[int] = []
+        self.remap_new: list[int] = []
+
+    def run(self, paths: list[str], start: int) -> RowRun:
+        """Rows ``start .. start + len(paths)`` of the new bundle."""
+        kept = [i for i, p in enumerate(paths) if p in self.keep]
+        new = [i for i, p in enumerate(paths) if p not in self.keep]
+        old_ids = [self.keep[paths[i]] for i in kept]
+        vectors = np.empty((len(paths), self.dim), dtype=np.float32)
+        columns: dict[str, list[Any]] = {name: [None] * len(paths) for name in IMAGE_COLUMNS}
+        if kept:
+            vectors[kept] = self.old.vectors[np.asarray(old_ids, dtype=np.int64)]
+            old_meta = self.old_table.take(pa.array(old_ids, type=pa.int64()))
+            for name in IMAGE_COLUMNS:
+                for i, value in zip(kept, old_meta.column(name).to_pylist(), strict=True):
+                    columns[name][i] = value
+            for i in kept:
+                columns["mtime_ns"][i] = self.mtimes[paths[i]]
+            self.remap_old.extend(old_ids)
+            self.remap_new.extend(start + i for i in kept)
+        for i in new:
+            run, row = self.fresh[paths[i]]
+            vectors[i] = run.vectors[row]
+            for name in IMAGE_COLUMNS:
+                columns[name][i] = run.columns[name][row]
+        if self.tiles is None:
+            return RowRun(vectors, columns)
+        atlas, descriptors = self._tile_rows(paths, kept, old_ids, new, self.tiles)
+        return RowRun(vectors, columns, atlas, descriptors)
+
+    def _tile_rows(
+        self, paths: list[str], kept: list[int], old_ids: list[int], new: list[int], tiles: TileSpec
+    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
+        atlas = np.empty((len(paths), tiles.size, tiles.size, 3), dtype=np.uint8)
+        descriptors = np.empty((len(paths), tiles.dim), dtype=np.float32)
+        if kept and self.kept_tiles is None:
+            index = np.asarray(old_ids, dtype=np.int64)
+            atlas[kept], descriptors[kept] = self.old.atlas[index], self.old.tile_descriptors[index]
+        elif kept and self.kept_tiles is not None:
+            for i in kept:
+                atlas[i], descriptors[i] = self.kept_tiles[paths[i]]
+        for i in new:
+            run, row = self.fresh[paths[i]]
+            assert run.atlas is not None and run.tiles is not None
+            atlas[i], descriptors[i] = run.atlas[row], run.tiles[row]
+        return atlas, descriptors
+
+    def write_remap(self, work: Path) -> None:
+        remap = pa.table({"old_id": self.remap_old, "new_id": self.remap_new}, schema=ID_REMAP_SCHEMA)
+        pq.write_table(remap, work / ID_REMAP)
+
+
+def _tile_only_rows(tasks: list[ChunkTask], tiles: TileSpec | None) -> TileRows:
     """Tiles of kept files computed for this update, by path. A kept file that no longer decodes
     (it has the size and mtime it had when its features were made) stops the update."""
-    out: dict[str, tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]] = {}
+    out: TileRows = {}
     if tiles is None:
         return out
     for task in tasks:
