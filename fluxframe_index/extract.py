@@ -79,7 +79,8 @@ class ChunkStats:
     decode_s: float
     feature_s: float
     write_s: float
-    tile_s: float = 0.0
+    tile_s: float = 0.0  # atlas tile crops and their descriptors
+    prepare_s: float = 0.0  # crop and resize of the decoded images to the comparison size
 
 
 _EXTRACTORS: dict[tuple[str, str], Extractor] = {}
@@ -105,7 +106,7 @@ def extract_chunk(task: ChunkTask) -> ChunkStats:
     rows: dict[str, list[Any]] = {name: [] for name in SHARD_META_SCHEMA.names}
     prepared: list[NDArray[np.uint8]] = []
     tiles: list[NDArray[np.uint8]] = []
-    read_s = decode_s = tile_s = 0.0
+    read_s = decode_s = prepare_s = tile_s = 0.0
     for offset, rel in enumerate(task.paths):
         status, detail, width, height, digest = "ok", "", 0, 0, ""
         t0 = time.perf_counter()
@@ -115,16 +116,18 @@ def extract_chunk(task: ChunkTask) -> ChunkStats:
             t1 = time.perf_counter()
             read_s += t1 - t0
             image = decode_image(data, min_size=size, aspect=size[0] / size[1], max_pixels=task.max_pixels)
-            if task.features:
-                prepared.append(prepare_image(image, size))
-            if task.tile_size:
-                t_tile = time.perf_counter()
-                tiles.append(atlas_tile(image, task.tile_size))
-                tile_s += time.perf_counter() - t_tile
             # The full size as displayed (EXIF orientation 5-8 swaps the axes), not the DCT-scaled
             # decode's size and not the stored one: the same size load_prepared reports.
             width, height = read_header(data).display_size
-            decode_s += time.perf_counter() - t1
+            t2 = time.perf_counter()
+            decode_s += t2 - t1
+            if task.features:
+                prepared.append(prepare_image(image, size))
+            t3 = time.perf_counter()
+            prepare_s += t3 - t2
+            if task.tile_size:
+                tiles.append(atlas_tile(image, task.tile_size))
+                tile_s += time.perf_counter() - t3
         except ImageDecodeError as exc:
             status, detail = exc.reason, exc.detail
         rows["entry"].append(task.first_entry + offset)
@@ -169,4 +172,5 @@ def extract_chunk(task: ChunkTask) -> ChunkStats:
         feature_s=t3 - t2,
         write_s=time.perf_counter() - t4,
         tile_s=tile_s,
+        prepare_s=prepare_s,
     )

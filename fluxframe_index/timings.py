@@ -1,10 +1,10 @@
 """Where a build's time goes, stage by stage: busy (working) and waiting (idle or blocked).
 
-Stages: scan (walk the pool), extract (workers: read + decode, features, tiles; waiting is
-worker time spent neither, e.g. start-up and the last chunks' imbalance), write (workers'
-shard files + assembling the bundle's files), seal (rejected table, IVF index, manifest,
-swap into place). Worker seconds are summed over workers, as clip-retrieval's runner sums
-its per-batch stage times.
+Stages: scan (walk the pool), extract (workers: read, decode, prepare = crop and resize to
+the comparison size, features, tiles; waiting is worker time spent on none of them, e.g.
+start-up and the last chunks' imbalance), write (workers' shard files + assembling the
+bundle's files), seal (rejected table, IVF index, manifest, swap into place). Worker
+seconds are summed over workers, as clip-retrieval's runner sums its per-batch stage times.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from fluxframe_index.extract import ChunkStats
 
 STAGES = ("scan", "extract", "write", "seal")
-EXTRACT_PARTS = ("read", "decode", "features", "tiles")
+EXTRACT_PARTS = ("read", "decode", "prepare", "features", "tiles")
 
 
 @dataclass
@@ -45,7 +45,13 @@ class BuildTimings:
             self.stages[stage].busy_s += time.perf_counter() - started
 
     def add_chunk(self, stats: ChunkStats) -> None:
-        parts = {"read": stats.read_s, "decode": stats.decode_s, "features": stats.feature_s, "tiles": stats.tile_s}
+        parts = {
+            "read": stats.read_s,
+            "decode": stats.decode_s,
+            "prepare": stats.prepare_s,
+            "features": stats.feature_s,
+            "tiles": stats.tile_s,
+        }
         for name, seconds in parts.items():
             self.extract_parts[name] += seconds
         self.stages["extract"].busy_s += sum(parts.values())
@@ -58,9 +64,16 @@ class BuildTimings:
         self.stages["extract"].waiting_s = max(0.0, offered - self.stages["extract"].busy_s - self.worker_write_s)
 
     def stage_seconds(self) -> dict[str, float]:
-        """The flat per-part seconds earlier summaries gave (read, decode, features, tiles, write, finalize)."""
+        """The flat per-part seconds earlier summaries gave (read, decode, features, tiles, write, finalize).
+
+        Their "decode" includes preparing the image (crop and resize), as it always did.
+        """
+        parts = self.extract_parts
         return {
-            **self.extract_parts,
+            "read": parts["read"],
+            "decode": parts["decode"] + parts["prepare"],
+            "features": parts["features"],
+            "tiles": parts["tiles"],
             "write": self.stages["write"].busy_s,
             "finalize": self.stages["seal"].busy_s,
         }

@@ -116,7 +116,7 @@ def test_update_extracts_only_new_and_changed_files_and_equals_a_full_rebuild(tm
     assert new.manifest.extra["update"] == counts.to_dict()
     # The update's timings cover only what it extracted: the same worker seconds the chunks reported.
     parts = result.timings.extract_parts
-    reported = sum(r.read_s + r.decode_s + r.feature_s + r.tile_s for r in reports)
+    reported = sum(r.read_s + r.decode_s + r.prepare_s + r.feature_s + r.tile_s for r in reports)
     assert sum(parts.values()) == pytest.approx(reported, abs=1e-3) and parts["decode"] > 0
     new_paths = new.read_images_table(["path"]).column("path").to_pylist()
 
