@@ -1,5 +1,8 @@
 """ff-index build --update: re-extract only what changed in the pool, keep the rest.
 
+An update is a source of the one index pipeline (fluxframe_index.pipeline): its tasks are
+the changed files, its rows the kept ones from the old bundle and the fresh ones from the shards.
+
 Files with the same size and mtime are kept; a file whose mtime changed but whose
 size and sha256 did not is kept too (a touch or a copy). New and changed files
 are extracted, and files the old bundle rejected are tried again; deleted ones
