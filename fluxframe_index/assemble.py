@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 from fluxframe_index.scan import ScanRejection
 from shared.bundle import (
     ATLAS,
+    IMAGE_COLUMNS,
     IMAGES,
     IMAGES_ROW_GROUP,
     IMAGES_SCHEMA,
@@ -31,9 +32,6 @@ from shared.bundle import (
 )
 from shared.errors import BundleError
 from shared.tiles import TileSpec
-
-# Metadata columns of images.parquet other than id, in schema order.
-IMAGE_COLUMNS = ("path", "raw_path", "bytes", "mtime_ns", "width", "height", "sha256")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from shared import __version__
 from shared.bundle import Bundle, open_bundle, verify_bundle
 from shared.cli_support import QUIET_HELP, report_errors
 from shared.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
-from shared.features.base import all_methods
+from shared.features.registry import all_methods
 from shared.options import GroupedCommand, click_options, from_click
 from shared.spec import FeatureSpec
 
@@ -99,14 +99,14 @@ def build(pool: Path, bundle: Path, debug: bool, **values: Any) -> None:
     """
     with report_errors(PROG, debug):
         args = from_click(BuildCommandLine, values)
-        model_sha = ""
+        model_sha, model_file = "", None
         if args.is_neural:
             from shared.features.neural import resolve_model
 
-            _, model_sha = resolve_model(args.method, args.onnx_model, args.cache_dir)
+            model_file, model_sha = resolve_model(args.method, args.onnx_model, args.cache_dir)
         elif args.onnx_model is not None:
             raise UsageError("--onnx-model applies to the neural methods only")
-        options = args.build_options(args.feature_spec(model_sha))
+        options = args.build_options(args.feature_spec(model_sha), model_file)
         if args.scheduler is not None and args.backend != "dask":
             raise UsageError("--scheduler needs --backend dask")
         with _backend(args.backend, args.scheduler, args.jobs):
@@ -122,6 +122,9 @@ def build(pool: Path, bundle: Path, debug: bool, **values: Any) -> None:
             else:
                 result = build_bundle(pool, bundle, options)
         _print_build_summary(result)
+        if args.timings:
+            for line in result.timings.lines():
+                click.echo(line)
 
 
 def _backend(backend: str, scheduler: str | None, jobs: int) -> contextlib.AbstractContextManager[None]:
@@ -225,7 +228,7 @@ def methods(debug: bool) -> None:
 
 
 def _dims_text(method: str) -> str:
-    from shared.features.base import method_info
+    from shared.features.registry import method_info
 
     info_ = method_info(method)
     if method in ("spatial_pyramid", "mobilenet", "efficientnet"):

@@ -28,7 +28,8 @@ from fluxframe_index.pool_sample import link_sample, spread_sample
 from fluxframe_index.scan import scan_pool
 from shared.bundle import Bundle, open_bundle
 from shared.errors import InputError, UsageError
-from shared.features.base import DEFAULT_WEIGHTS, Image, method_info, weight_query
+from shared.features.base import DEFAULT_WEIGHTS, Image, weight_query
+from shared.features.registry import method_info
 from shared.images import load_prepared, prepare_image
 from shared.options import option, validate_fields
 from shared.quality import Thumbnails, delta_e, ssim

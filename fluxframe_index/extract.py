@@ -27,25 +27,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
+from fluxframe_index.shards import shard_paths, tile_shard_paths
 from shared.atomic import atomic_save_npy, atomic_write_bytes
-from shared.bundle import display_path
+from shared.bundle import IMAGE_COLUMNS, IMAGES_SCHEMA, display_path
 from shared.errors import ImageDecodeError
-from shared.features.base import Extractor, create_extractor
+from shared.features.base import Extractor
 from shared.features.neural import configure_runtime
+from shared.features.registry import create_extractor
 from shared.images import DEFAULT_MAX_PIXELS, decode_image, prepare_image, read_header, read_image_bytes
 from shared.spec import FeatureSpec
 from shared.tiles import atlas_tile, describe_tiles
 
+# A shard's table: the images table's columns (without the id, given at assembly) for every file
+# of the chunk, its place in the scan, and whether it was usable.
 SHARD_META_SCHEMA = pa.schema(
     [
         ("entry", pa.int64()),
-        ("path", pa.string()),
-        ("raw_path", pa.binary()),
-        ("bytes", pa.int64()),
-        ("mtime_ns", pa.int64()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("sha256", pa.string()),
+        *(IMAGES_SCHEMA.field(name) for name in IMAGE_COLUMNS),
         ("status", pa.string()),  # "ok" or a rejection reason
         ("detail", pa.string()),
     ]
@@ -81,18 +79,8 @@ class ChunkStats:
     decode_s: float
     feature_s: float
     write_s: float
-    tile_s: float = 0.0
-
-
-def shard_paths(shard_dir: Path, index: int) -> tuple[Path, Path]:
-    stem = shard_dir / f"shard-{index:06d}"
-    return stem.with_suffix(".vec.npy"), stem.with_suffix(".meta.parquet")
-
-
-def tile_shard_paths(shard_dir: Path, index: int) -> tuple[Path, Path]:
-    """A shard's atlas tiles and tile descriptors, one row per accepted image (as its vectors)."""
-    stem = shard_dir / f"shard-{index:06d}"
-    return stem.with_suffix(".atlas.npy"), stem.with_suffix(".tiles.npy")
+    tile_s: float = 0.0  # atlas tile crops and their descriptors
+    prepare_s: float = 0.0  # crop and resize of the decoded images to the comparison size
 
 
 _EXTRACTORS: dict[tuple[str, str], Extractor] = {}
@@ -118,7 +106,7 @@ def extract_chunk(task: ChunkTask) -> ChunkStats:
     rows: dict[str, list[Any]] = {name: [] for name in SHARD_META_SCHEMA.names}
     prepared: list[NDArray[np.uint8]] = []
     tiles: list[NDArray[np.uint8]] = []
-    read_s = decode_s = tile_s = 0.0
+    read_s = decode_s = prepare_s = tile_s = 0.0
     for offset, rel in enumerate(task.paths):
         status, detail, width, height, digest = "ok", "", 0, 0, ""
         t0 = time.perf_counter()
@@ -128,16 +116,18 @@ def extract_chunk(task: ChunkTask) -> ChunkStats:
             t1 = time.perf_counter()
             read_s += t1 - t0
             image = decode_image(data, min_size=size, aspect=size[0] / size[1], max_pixels=task.max_pixels)
-            if task.features:
-                prepared.append(prepare_image(image, size))
-            if task.tile_size:
-                t_tile = time.perf_counter()
-                tiles.append(atlas_tile(image, task.tile_size))
-                tile_s += time.perf_counter() - t_tile
             # The full size as displayed (EXIF orientation 5-8 swaps the axes), not the DCT-scaled
             # decode's size and not the stored one: the same size load_prepared reports.
             width, height = read_header(data).display_size
-            decode_s += time.perf_counter() - t1
+            t2 = time.perf_counter()
+            decode_s += t2 - t1
+            if task.features:
+                prepared.append(prepare_image(image, size))
+            t3 = time.perf_counter()
+            prepare_s += t3 - t2
+            if task.tile_size:
+                tiles.append(atlas_tile(image, task.tile_size))
+                tile_s += time.perf_counter() - t3
         except ImageDecodeError as exc:
             status, detail = exc.reason, exc.detail
         rows["entry"].append(task.first_entry + offset)
@@ -182,4 +172,5 @@ def extract_chunk(task: ChunkTask) -> ChunkStats:
         feature_s=t3 - t2,
         write_s=time.perf_counter() - t4,
         tile_s=tile_s,
+        prepare_s=prepare_s,
     )

@@ -2,6 +2,8 @@
 
 The merged pool root is the deepest folder holding both pools; paths are
 re-rooted there and sorted, so the result equals a single build over the union.
+A merge is a source of the one index pipeline that extracts nothing: its rows
+come from the input bundles.
 """
 
 from __future__ import annotations
@@ -17,28 +19,22 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from fluxframe_index.assemble import IMAGE_COLUMNS, RowRun, sort_key, write_rejected, write_rows
-from fluxframe_index.build import BuildResult, build_tile_ivf, bundle_lock, discard_staging, staging_dir
-from fluxframe_index.ivf import build_ivf_index
+from fluxframe_index.assemble import RowRun, sort_key
+from fluxframe_index.build import BuildResult, bundle_lock
+from fluxframe_index.extract import ChunkTask
+from fluxframe_index.pipeline import Rows, RunSettings, run_source
 from fluxframe_index.scan import ScanRejection
-from shared.bundle import (
-    ATLAS,
-    INDEX,
-    REJECTED,
-    TILE_INDEX,
-    TILES,
-    VECTORS,
-    Bundle,
-    IndexInfo,
-    finalize_bundle,
-    open_bundle,
-)
+from fluxframe_index.seal import BundleDescription, BundleRequest
+from fluxframe_index.timings import BuildTimings
+from shared.bundle import ATLAS, IMAGE_COLUMNS, IMAGES, INDEX, REJECTED, TILE_INDEX, TILES, VECTORS, Bundle, open_bundle
 from shared.errors import UsageError
 from shared.hashing import sha256_json
 
 RUN_ROWS = 4096
 # Files with one row per image: assembled from the inputs' rows, never copied from one input.
 ROW_FILES = (VECTORS, ATLAS, TILES, TILE_INDEX)
+# Files a merge writes anew (or drops: an update's remap); every other file is an asset, copied from the first input.
+NOT_ASSETS = (*ROW_FILES, INDEX, REJECTED, IMAGES, "id_remap.parquet")
 
 
 def _prefix(root: Path, common: Path) -> str:
@@ -50,102 +46,98 @@ def merge_bundles(
     inputs: list[Path], dest: Path, *, index_kind: str = "flat", ivf_nlist: int | None = None, progress: bool = False
 ) -> BuildResult:
     """Merge bundles of one spec over disjoint pools into ``dest``."""
-    with bundle_lock(dest):
-        return _merge_bundles(inputs, Path(dest).absolute(), index_kind, ivf_nlist, progress)
-
-
-def _merge_bundles(
-    inputs: list[Path], dest: Path, index_kind: str, ivf_nlist: int | None, progress: bool
-) -> BuildResult:
     started = time.perf_counter()
-    if len(inputs) < 2:
-        raise UsageError("merge needs at least two bundles")
-    bundles = [open_bundle(p, verify=True) for p in inputs]
-    first = bundles[0]
-    for other in bundles[1:]:
-        if other.manifest.spec_sha256 != first.manifest.spec_sha256:
-            raise UsageError(f"{other.path}: built with other feature options than {first.path}; cannot merge")
-        for name in first.manifest.files:
-            if (
-                name.endswith((".npy", ".onnx"))
-                and name not in ROW_FILES
-                and name in other.manifest.files
-                and other.manifest.files[name]["sha256"] != first.manifest.files[name]["sha256"]
-            ):
-                raise UsageError(f"{other.path}: its {name} differs from {first.path}'s; cannot merge")
-    roots = [b.pool_root for b in bundles]
-    common = Path(os.path.commonpath([str(r) for r in roots]))
-    prefixes = [_prefix(r, common) for r in roots]
-
-    entries: list[tuple[bytes, int, int]] = []  # (sort key, bundle index, row)
-    tables = []
-    for bi, (b, prefix) in enumerate(zip(bundles, prefixes, strict=True)):
-        table = b.read_images_table()
-        tables.append(table)
-        for row, raw in enumerate(table.column("raw_path").to_pylist()):
-            entries.append((os.fsencode(prefix) + raw, bi, row))
-    entries.sort()
-    for (a, _, _), (b_, _, _) in itertools.pairwise(entries):
-        if a == b_:
-            raise UsageError(f"the pools overlap: {os.fsdecode(a)} is in more than one bundle")
-
+    timings = BuildTimings()
     dest = Path(dest).absolute()
-    stage = staging_dir(dest)
-    if stage.exists():
-        shutil.rmtree(stage)
-    work = stage / "bundle"
-    work.mkdir(parents=True)
-    for name in first.manifest.files:
-        if name not in (*ROW_FILES, INDEX, REJECTED, "images.parquet", "id_remap.parquet"):
-            shutil.copy2(first.path / name, work / name)
-    dim = first.manifest.dim
-    # Tile data survives a merge when every input has the same kind; otherwise `--update` adds it later.
-    tiles = first.manifest.tiles if all(b.manifest.tiles == first.manifest.tiles for b in bundles) else None
+    with bundle_lock(dest):
+        if len(inputs) < 2:
+            raise UsageError("merge needs at least two bundles")
+        with timings.busy("scan"):
+            source = MergeSource([open_bundle(p, verify=True) for p in inputs], index_kind, ivf_nlist)
+        sealed = run_source(source, dest, RunSettings(progress=progress), timings)
+    seconds = time.perf_counter() - started
+    return BuildResult(dest, sealed.manifest, False, sealed.count, sealed.rejected, 0, seconds, timings=timings)
 
-    def runs() -> Iterator[RowRun]:
-        for start in range(0, len(entries), RUN_ROWS):
-            block = entries[start : start + RUN_ROWS]
-            yield _run(block, bundles, tables, prefixes, dim, tiles is not None)
 
-    count = write_rows(work, dim, len(entries), runs(), tiles)
-    rejected: list[ScanRejection] = []
-    for b, prefix in zip(bundles, prefixes, strict=True):
-        rej = b.read_rejected_table()
-        rejected.extend(
-            ScanRejection(prefix + p, r, d)
-            for p, r, d in zip(*(rej.column(c).to_pylist() for c in ("path", "reason", "detail")), strict=True)
+class MergeSource:
+    """The input bundles' rows, re-rooted at their pools' common folder and sorted by path."""
+
+    def __init__(self, bundles: list[Bundle], index_kind: str, ivf_nlist: int | None) -> None:
+        first = bundles[0]
+        for other in bundles[1:]:
+            if other.manifest.spec_sha256 != first.manifest.spec_sha256:
+                raise UsageError(f"{other.path}: built with other feature options than {first.path}; cannot merge")
+            for name in first.manifest.files:
+                if (
+                    name.endswith((".npy", ".onnx"))
+                    and name not in ROW_FILES
+                    and name in other.manifest.files
+                    and other.manifest.files[name]["sha256"] != first.manifest.files[name]["sha256"]
+                ):
+                    raise UsageError(f"{other.path}: its {name} differs from {first.path}'s; cannot merge")
+        self.bundles = bundles
+        roots = [b.pool_root for b in bundles]
+        self.common = Path(os.path.commonpath([str(r) for r in roots]))
+        self.prefixes = [_prefix(r, self.common) for r in roots]
+        self.entries: list[tuple[bytes, int, int]] = []  # (sort key, bundle index, row)
+        self.tables: list[pa.Table] = []
+        for bi, (b, prefix) in enumerate(zip(bundles, self.prefixes, strict=True)):
+            table = b.read_images_table()
+            self.tables.append(table)
+            for row, raw in enumerate(table.column("raw_path").to_pylist()):
+                self.entries.append((os.fsencode(prefix) + raw, bi, row))
+        self.entries.sort()
+        for (a, _, _), (b_, _, _) in itertools.pairwise(self.entries):
+            if a == b_:
+                raise UsageError(f"the pools overlap: {os.fsdecode(a)} is in more than one bundle")
+        # Tile data survives a merge when every input has the same kind; otherwise `--update` adds it later.
+        same_tiles = all(b.manifest.tiles == first.manifest.tiles for b in bundles)
+        tiles = first.manifest.tiles if same_tiles else None
+        self.request = BundleRequest(limit=None, index_kind=index_kind, ivf_nlist=ivf_nlist, tiles=tiles)
+
+    def plan(self) -> dict[str, Any]:
+        return {"merge_of": [b.bundle_id for b in self.bundles], "request": self.request.to_dict()}
+
+    def prepare_assets(self, asset_dir: Path) -> None:
+        first = self.bundles[0]
+        for name in first.manifest.files:
+            if name not in NOT_ASSETS:
+                shutil.copy2(first.path / name, asset_dir / name)
+
+    def tasks(self, asset_dir: Path, shard_dir: Path) -> list[ChunkTask]:
+        return []  # nothing to extract: every row comes from an input bundle
+
+    def describe(self, asset_dir: Path) -> BundleDescription:
+        first = self.bundles[0]
+        return BundleDescription(
+            spec=first.spec,
+            blocks=first.manifest.blocks,
+            pool_root=self.common,
+            pool_fingerprint=sha256_json(sorted(b.manifest.pool_fingerprint for b in self.bundles)),
+            request=self.request,
+            extra={"merged_from": [b.bundle_id for b in self.bundles]},
         )
-    rejected.sort(key=lambda r: sort_key(r.path))
-    write_rejected(work / REJECTED, rejected)
-    index_info = IndexInfo()
-    if index_kind == "ivf":
-        index_info = build_ivf_index(work / VECTORS, work / INDEX, nlist=ivf_nlist, progress=progress)
-        if tiles is not None:
-            build_tile_ivf(work, progress)
-    manifest = finalize_bundle(
-        work,
-        dest,
-        tiles=tiles,
-        spec=first.spec,
-        blocks=first.manifest.blocks,
-        pool_root=common,
-        pool_fingerprint=sha256_json(sorted(b.manifest.pool_fingerprint for b in bundles)),
-        count=count,
-        rejected_count=len(rejected),
-        dim=dim,
-        index=index_info,
-        extra={
-            "request": {
-                "limit": None,
-                "index": index_kind,
-                "ivf_nlist": ivf_nlist,
-                "tiles": tiles.to_dict() if tiles is not None else None,
-            },
-            "merged_from": [b.bundle_id for b in bundles],
-        },
-    )
-    discard_staging(stage)
-    return BuildResult(dest, manifest, False, count, rejected, 0, time.perf_counter() - started)
+
+    def nothing_usable(self, rejected: list[ScanRejection]) -> str:
+        return "the bundles to merge hold no images"
+
+    def rows(self, shard_dir: Path, dim: int) -> Rows:
+        rejected: list[ScanRejection] = []
+        for b, prefix in zip(self.bundles, self.prefixes, strict=True):
+            rej = b.read_rejected_table()
+            rejected.extend(
+                ScanRejection(prefix + p, r, d)
+                for p, r, d in zip(*(rej.column(c).to_pylist() for c in ("path", "reason", "detail")), strict=True)
+            )
+        rejected.sort(key=lambda r: sort_key(r.path))
+        with_tiles = self.request.tiles is not None
+
+        def runs() -> Iterator[RowRun]:
+            for start in range(0, len(self.entries), RUN_ROWS):
+                block = self.entries[start : start + RUN_ROWS]
+                yield _run(block, self.bundles, self.tables, self.prefixes, dim, with_tiles)
+
+        return Rows(len(self.entries), runs(), rejected)
 
 
 def _run(

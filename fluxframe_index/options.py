@@ -124,6 +124,9 @@ class BuildCommandLine:
         maximum=256,
     )
     progress: bool = option(True, QUIET_HELP, OUTPUT, off_flag="--quiet")
+    timings: bool = option(
+        False, "Print busy and waiting seconds per stage (scan, extract, write, seal) after the summary.", OUTPUT
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -147,8 +150,9 @@ class BuildCommandLine:
     def is_neural(self) -> bool:
         return self.method in NEURAL_METHODS
 
-    def build_options(self, spec: FeatureSpec) -> BuildOptions:
+    def build_options(self, spec: FeatureSpec, model_file: Path | None = None) -> BuildOptions:
         return BuildOptions(
+            model_file=model_file,
             spec=spec,
             jobs=self.jobs,
             chunk_size=self.chunk_size,

@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 
 from shared.bundle import Bundle
 from shared.errors import UsageError
-from shared.search import open_ivf
+from shared.search import open_ivf, use_blas_for_small_batches
 
 # Rows of the mapped descriptor matrix scored per FAISS call: bounds RAM whatever the pool.
 DEFAULT_BLOCK_ROWS = 262_144
@@ -92,6 +92,8 @@ class TileIndex:
     ) -> None:
         if descriptors.ndim != 2 or descriptors.shape[0] == 0:
             raise UsageError(f"tile descriptors must be a non-empty [n, d] matrix, got {descriptors.shape}")
+        # Its exact search is faiss.knn in batches of a frame's cells: BLAS from the same batch size as frames.
+        use_blas_for_small_batches()
         self.descriptors = descriptors
         self.block_rows = block_rows
         self.ivf = ivf

@@ -1,7 +1,9 @@
-"""Atomic writes: a later run trusts a file only if it is complete.
+"""Atomic writes: a later run trusts a file (or a folder) only if it is complete.
 
 Write to a temporary name in the same folder, fsync, rename over the target,
 fsync the folder. A crash leaves either the old file or the new one, never half.
+Every rename that publishes something a later run trusts goes through
+:func:`rename_durably` (files) or :func:`replace_folder` (a bundle folder).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import functools
 import io
 import json
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -68,6 +72,30 @@ def exchange_paths(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(b))
 
 
+def rename_durably(src: Path, dest: Path) -> None:
+    """Rename ``src`` over ``dest`` (same file system) and fsync the folder, so the rename survives a crash."""
+    os.replace(src, dest)
+    fsync_dir(Path(dest).parent)
+
+
+def replace_folder(new: Path, dest: Path) -> None:
+    """Put the folder ``new`` at ``dest``; a previous ``dest`` is swapped out in the same atomic step, then removed.
+
+    Readers (and a kill at any moment) find the old or the new folder at ``dest``, never nothing.
+    Where the system cannot exchange two paths, the previous ``dest`` is moved aside first.
+    """
+    if dest.is_dir() and exchange_paths(new, dest):
+        fsync_dir(dest.parent)
+        shutil.rmtree(new, ignore_errors=True)  # now the previous folder
+        return
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}-{int(time.time())}")
+    if dest.exists():
+        os.replace(dest, old)
+    rename_durably(new, dest)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Yield a file to write; on success it replaces ``path`` atomically, on error it vanishes."""
@@ -81,8 +109,7 @@ def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        rename_durably(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc

@@ -24,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,9 +38,10 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from shared import __version__
-from shared.atomic import atomic_write_json, exchange_paths, fsync_dir
+from shared.atomic import atomic_write_json, replace_folder
 from shared.errors import BundleError, ImageDecodeError
-from shared.features.base import Block, Extractor, create_extractor
+from shared.features.base import Block, Extractor
+from shared.features.registry import create_extractor
 from shared.hashing import sha256_file, sha256_json
 from shared.spec import FeatureSpec
 from shared.tiles import TileSpec
@@ -71,6 +70,8 @@ IMAGES_SCHEMA = pa.schema(
         ("sha256", pa.string()),
     ]
 )
+# What each image row says besides its id (the one list: build shards, update and merge all use it).
+IMAGE_COLUMNS: tuple[str, ...] = tuple(name for name in IMAGES_SCHEMA.names if name != "id")
 REJECTED_SCHEMA = pa.schema([("path", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 # Row groups small enough that looking up a few paths by id reads little.
 IMAGES_ROW_GROUP = 65_536
@@ -291,27 +292,8 @@ def finalize_bundle(
     )
     manifest = Manifest(**{**manifest.__dict__, "bundle_id": sha256_json(manifest.body())})
     atomic_write_json(work_dir / MANIFEST, manifest.to_dict())
-    replace_dir(work_dir, dest)
+    replace_folder(work_dir, dest)
     return manifest
-
-
-def replace_dir(new: Path, dest: Path) -> None:
-    """Put ``new`` at ``dest``; a previous ``dest`` is swapped out in the same atomic step, then removed.
-
-    Readers (and a kill at any moment) find the old or the new bundle at ``dest``, never nothing.
-    Where the system cannot exchange two paths, the previous ``dest`` is moved aside first.
-    """
-    if dest.is_dir() and exchange_paths(new, dest):
-        fsync_dir(dest.parent)
-        shutil.rmtree(new, ignore_errors=True)  # now the previous bundle
-        return
-    old = dest.with_name(f".{dest.name}.old-{os.getpid()}-{int(time.time())}")
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(new, dest)
-    fsync_dir(dest.parent)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
 
 
 class Bundle:

@@ -37,7 +37,16 @@ from shared.errors import BundleError, UsageError
 # (34 ms against 5.8 ms a query for a batch of 232, measured). A clip's last, partial
 # batch fell there. Below ~11 queries at 376-d the loop is as fast, so it keeps them.
 FAISS_BLAS_THRESHOLD = 4096
-faiss.cvar.distance_compute_blas_threshold = FAISS_BLAS_THRESHOLD
+
+
+def use_blas_for_small_batches() -> None:
+    """Lower FAISS's process-wide BLAS threshold to FAISS_BLAS_THRESHOLD (idempotent).
+
+    Done where a search is set up, not when this module is imported: importing must not change
+    how every other FAISS call in the process runs.
+    """
+    faiss.cvar.distance_compute_blas_threshold = FAISS_BLAS_THRESHOLD
+
 
 # Rows of the mmapped matrix scored per FAISS call: bounds RAM for bundles larger than it.
 DEFAULT_BLOCK_ROWS = 262_144
@@ -192,6 +201,7 @@ def exact_search(
 
     Missing slots (k larger than the pool) have id -1 and score -inf.
     """
+    use_blas_for_small_batches()
     n = vectors.shape[0] if limit is None else min(limit, vectors.shape[0])
     nq = queries.shape[0]
     queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -284,6 +294,7 @@ class Searcher:
     ) -> None:
         if limit is not None and limit < 1:
             raise UsageError(f"the image limit must be >= 1, got {limit}")
+        use_blas_for_small_batches()
         self.vectors = vectors
         self.size = int(vectors.shape[0]) if limit is None else min(limit, int(vectors.shape[0]))
         self.limit = limit

@@ -6,13 +6,12 @@ two specs that produce the same vectors hash the same, and two that do not, neve
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from shared.errors import UsageError
+from shared.hashing import canonical_json, sha256_json
 
 # Bump when the feature code changes the vectors it produces for the same spec.
 FEATURE_CODE_VERSION = 2
@@ -93,10 +92,10 @@ class FeatureSpec:
         return asdict(self.canonical())
 
     def canonical_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return canonical_json(self.to_dict())
 
     def sha256(self) -> str:
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+        return sha256_json(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:

@@ -29,7 +29,7 @@ from shared.bundle import (
     verify_bundle,
 )
 from shared.errors import BundleError
-from shared.features.base import create_extractor
+from shared.features.registry import create_extractor
 from shared.hashing import sha256_file, sha256_json
 from shared.images import prepare_image
 from shared.spec import FeatureSpec

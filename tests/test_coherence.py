@@ -25,7 +25,8 @@ from fluxframe_render.coherence import (
 )
 from fluxframe_render.reuse import NO_IMAGE, ReuseLedger, ReuseRules, violations
 from fluxframe_render.scenes import CutDetector, CutParams, scene_cuts
-from shared.features.base import create_extractor, weight_query
+from shared.features.base import weight_query
+from shared.features.registry import create_extractor
 from shared.images import prepare_image
 from shared.search import exact_search
 from shared.spec import FeatureSpec

@@ -30,7 +30,7 @@ from fluxframe_index.compare_results import (
 from fluxframe_index.pool_sample import spread_sample
 from fluxframe_index.scan import scan_pool
 from shared.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_USAGE
-from shared.features.base import method_info
+from shared.features.registry import method_info
 from shared.quality import Thumbnails, delta_e
 from shared.spec import ALL_METHODS
 from tests.browser import find_chromium, open_page

@@ -15,8 +15,9 @@ from numpy.typing import NDArray
 
 from fluxframe_index.build import BuildOptions, build_bundle
 from shared.bundle import open_bundle
-from shared.features.base import Extractor, block_slices, create_extractor, method_info, weight_query
+from shared.features.base import Extractor, block_slices, weight_query
 from shared.features.classic import hog_geometry
+from shared.features.registry import create_extractor, method_info
 from shared.images import decode_image, load_prepared, prepare_image
 from shared.search import Searcher
 from shared.spec import FeatureSpec

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
 
+from fluxframe_index.build import BuildOptions, build_bundle
 from fluxframe_index.cli import main
+from fluxframe_index.extract import ChunkStats
 from shared.bundle import VECTORS, open_bundle
 from shared.errors import EXIT_BUNDLE, EXIT_INPUT, EXIT_STATE, EXIT_USAGE
+from shared.spec import FeatureSpec
 from tests.pools import copy_tree, make_pool
 
 
@@ -65,6 +69,35 @@ def test_a_second_build_says_it_has_nothing_to_do(small_pool: Path, tmp_path: Pa
         "build", str(small_pool), str(tmp_path / "b"), "--jobs", "1", "--quiet", "--method", "canny", "--replace"
     )
     assert other.exit_code == 0 and "indexed 12 images" in other.stdout
+
+
+def test_build_timings_print_busy_and_waiting_seconds_per_stage(small_pool: Path, tmp_path: Path) -> None:
+    run = ff_index("build", str(small_pool), str(tmp_path / "b"), "--jobs", "1", "--quiet", "--timings")
+    assert run.exit_code == 0, run.output
+    table = run.stdout.splitlines()
+    rows = {words[0]: [float(w) for w in words[1:]] for words in map(str.split, table) if len(words) == 3}
+    assert set(rows) == {"scan", "extract", "write", "seal"} and all(v >= 0 for r in rows.values() for v in r)
+    # Twelve real photos were decoded and described: both took measurable worker time.
+    split = next(line for line in table if line.startswith("worker seconds in extract"))
+    assert re.search(r"decode [0-9.]+ s \(\d+%\)", split) and re.search(r"features [0-9.]+ s", split)
+    assert rows["extract"][0] > 0 and rows["write"][0] > 0
+    again = ff_index("build", str(small_pool), str(tmp_path / "b"), "--jobs", "1", "--quiet")
+    assert "busy s" not in again.stdout
+
+
+def test_build_result_timings_add_up_the_chunks(small_pool: Path, tmp_path: Path) -> None:
+    reports: list[ChunkStats] = []
+    options = BuildOptions(spec=FeatureSpec(method="canny"), chunk_size=5)
+    result = build_bundle(small_pool, tmp_path / "b", options, on_chunk=reports.append)
+    recorded = result.timings.to_dict()
+    assert set(recorded["stages"]) == {"scan", "extract", "write", "seal"}
+    parts = recorded["extract_parts_s"]
+    assert parts["decode"] > 0 and parts["features"] > 0
+    worker = sum(r.read_s + r.decode_s + r.prepare_s + r.feature_s + r.tile_s for r in reports)
+    assert recorded["stages"]["extract"]["busy_s"] == pytest.approx(worker, abs=1e-3)
+    # Decoding and preparing are timed apart; the flat summary keeps them together, as it always did.
+    assert parts["prepare"] > 0
+    assert result.stage_seconds["decode"] == pytest.approx(sum(r.decode_s + r.prepare_s for r in reports))
 
 
 def test_info_describes_the_bundle(small_bundle: Path) -> None:

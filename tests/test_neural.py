@@ -19,7 +19,8 @@ from joblib import Parallel, delayed
 from numpy.typing import NDArray
 
 from shared.errors import BundleError, InputError, ModelMissingError, UsageError
-from shared.features import base, neural
+from shared.features import neural, registry
+from shared.features.base import Block
 from shared.hashing import sha256_file
 from shared.images import prepare_image
 from shared.models import read_sidecar
@@ -97,7 +98,7 @@ def _fresh_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def test_dims_per_grid() -> None:
     dims = {
-        (m, g): base.method_info(m).dim(FeatureSpec(method=m, spatial_grid=g))
+        (m, g): registry.method_info(m).dim(FeatureSpec(method=m, spatial_grid=g))
         for m in ("efficientnet", "mobilenet")
         for g in (2, 3)
     }
@@ -126,12 +127,12 @@ def test_missing_model_names_the_command(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(ModelMissingError) as err:
         neural.resolve_model("efficientnet")
     assert "ff-index export-model efficientnet" in str(err.value) and "\n" not in str(err.value)
-    assert base.method_info("efficientnet").readiness() == (False, "ff-index export-model efficientnet")
-    ready, command = base.method_info("mobilenet").readiness()
+    assert registry.method_info("efficientnet").readiness() == (False, "ff-index export-model efficientnet")
+    ready, command = registry.method_info("mobilenet").readiness()
     assert not ready and command.startswith("ff-index export-model mobilenet --weights")
     spec = FeatureSpec(method="efficientnet", model_sha256="ab" * 32)
     with pytest.raises(ModelMissingError, match="ff-index export-model efficientnet"):
-        base.method_info("efficientnet").prepare_assets(spec, tmp_path)
+        registry.method_info("efficientnet").prepare_assets(spec, tmp_path)
     assert not (tmp_path / neural.MODEL_FILE).exists()
 
 
@@ -156,7 +157,7 @@ def test_onnx_model_that_is_not_onnx_is_refused(tmp_path: Path) -> None:
 def test_grid_must_fit_the_feature_map(tmp_path: Path) -> None:
     spec = FeatureSpec(method="efficientnet", comparison_size=32, aspect_w=1, aspect_h=1, spatial_grid=3)
     with pytest.raises(UsageError, match="comparison-size"):
-        base.create_extractor(spec, tmp_path)
+        registry.create_extractor(spec, tmp_path)
 
 
 def test_thread_count_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -226,10 +227,10 @@ def mobilenet_model(model_cache: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 def make_extractor(tmp: Path, method: str = "efficientnet", **kw: Any) -> neural.NeuralExtractor:
-    _, sha = neural.resolve_model(method)
+    path, sha = neural.resolve_model(method)
     spec = FeatureSpec(method=method, model_sha256=sha, **kw)
-    assert base.method_info(method).prepare_assets(spec, tmp) == [neural.MODEL_FILE]
-    extractor = base.create_extractor(spec, tmp)
+    assert registry.method_info(method).prepare_assets(spec, tmp, path) == [neural.MODEL_FILE]
+    extractor = registry.create_extractor(spec, tmp)
     assert isinstance(extractor, neural.NeuralExtractor)
     return extractor
 
@@ -245,7 +246,7 @@ def test_export_from_shipped_lite0_weights(cache_env: Path, tmp_path: Path) -> N
     side = read_sidecar(path)
     assert side["sha256"] == sha and side["torch_version"].startswith("2.13") and side["channels"] == 112
     assert "efficientnet-lite0" in side["source"]
-    assert base.method_info("efficientnet").readiness() == (True, "")
+    assert registry.method_info("efficientnet").readiness() == (True, "")
     # The same weights export to the same bytes, so a re-export keeps old bundles valid.
     again = export_model("efficientnet", cache_dir=tmp_path)
     assert sha256_file(again) == sha
@@ -292,7 +293,7 @@ def test_dimensions_and_unit_norm(cache_env: Path, mobilenet_model: Path, tmp_pa
         extractor = make_extractor(tmp_path / f"{method}{grid}", method, spatial_grid=grid, pooling="gem")
         vectors = extractor.extract(prepared(extractor.spec, list(pool_photos().values())[:3]))
         assert vectors.shape == (3, dim) and vectors.dtype == np.float32
-        assert extractor.blocks == (base.Block("neural", dim),)
+        assert extractor.blocks == (Block("neural", dim),)
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     assert make_extractor(tmp_path / "empty").extract([]).shape == (0, 448)
 
@@ -354,13 +355,13 @@ def test_bundle_model_is_checked(cache_env: Path, tmp_path: Path) -> None:
     spec = extractor.spec
     assert sha256_file(tmp_path / neural.MODEL_FILE) == spec.model_sha256
     with pytest.raises(BundleError, match="missing"):
-        base.create_extractor(spec, tmp_path / "elsewhere")
+        registry.create_extractor(spec, tmp_path / "elsewhere")
     with open(tmp_path / neural.MODEL_FILE, "ab") as f:
         f.write(b"\0")
     with pytest.raises(BundleError, match="sha256"):
-        base.create_extractor(spec, tmp_path)
+        registry.create_extractor(spec, tmp_path)
     with pytest.raises(BundleError):
-        base.create_extractor(replace(spec, model_sha256=""), tmp_path)
+        registry.create_extractor(replace(spec, model_sha256=""), tmp_path)
 
 
 @pytest.mark.torch
@@ -374,10 +375,12 @@ def test_explicit_onnx_model_joins_the_cache(
     path, got = neural.resolve_model("efficientnet", onnx_model=given, cache_dir=tmp_path / "fresh")
     assert got == sha and path == tmp_path / "fresh" / f"efficientnet-{sha[:8]}.onnx"
     assert read_sidecar(path)["source"] == str(given.resolve())
-    # A build that resolved its model in a --cache-dir finds it again when it stages the bundle.
+    # A build that resolved its model in a --cache-dir hands that file on when it stages the bundle.
     monkeypatch.setenv("FLUXFRAME_CACHE", str(tmp_path / "empty"))
     spec = FeatureSpec(method="efficientnet", model_sha256=sha)
-    assert base.method_info("efficientnet").prepare_assets(spec, tmp_path / "bundle") == [neural.MODEL_FILE]
+    with pytest.raises(ModelMissingError):
+        registry.method_info("efficientnet").prepare_assets(spec, tmp_path / "bundle")
+    assert registry.method_info("efficientnet").prepare_assets(spec, tmp_path / "bundle", path) == [neural.MODEL_FILE]
     assert sha256_file(tmp_path / "bundle" / neural.MODEL_FILE) == sha
     with pytest.raises(InputError, match="48"):
         neural.resolve_model("mobilenet", onnx_model=given, cache_dir=tmp_path / "fresh")
@@ -385,7 +388,7 @@ def test_explicit_onnx_model_joins_the_cache(
 
 def _extract_in_worker(spec: FeatureSpec, asset_dir: Path, images: list[Image]) -> NDArray[np.float32]:
     neural.configure_runtime(jobs=2)
-    return base.create_extractor(spec, asset_dir).extract(images)
+    return registry.create_extractor(spec, asset_dir).extract(images)
 
 
 @pytest.mark.torch
@@ -430,7 +433,7 @@ def test_retrieval_of_semantic_near_duplicates(cache_env: Path, tmp_path: Path) 
     assert min(recall.values()) >= 0.85, recall
 
     canny_spec = FeatureSpec(method="canny")
-    canny = _recalls(base.create_extractor(canny_spec, tmp_path).extract, canny_spec, changes)
+    canny = _recalls(registry.create_extractor(canny_spec, tmp_path).extract, canny_spec, changes)
     assert recall["flip"] + recall["flip+colour"] > canny["flip"] + canny["flip+colour"], (recall, canny)
 
     # The default spec (2x2 avg) still finds crops and colour shifts.

@@ -114,6 +114,10 @@ def test_update_extracts_only_new_and_changed_files_and_equals_a_full_rebuild(tm
     assert new.bundle_id != old_id
     assert new.manifest.extra["updated_from"] == old_id
     assert new.manifest.extra["update"] == counts.to_dict()
+    # The update's timings cover only what it extracted: the same worker seconds the chunks reported.
+    parts = result.timings.extract_parts
+    reported = sum(r.read_s + r.decode_s + r.prepare_s + r.feature_s + r.tile_s for r in reports)
+    assert sum(parts.values()) == pytest.approx(reported, abs=1e-3) and parts["decode"] > 0
     new_paths = new.read_images_table(["path"]).column("path").to_pylist()
 
     remap = pq.read_table(bundle / ID_REMAP)
@@ -228,6 +232,9 @@ def test_merge_of_disjoint_sub_pools_equals_a_single_build(split_pool: Path, tmp
     merged = open_bundle(tmp_path / "AB")
     assert merged.pool_root == split_pool.resolve()
     assert merged.manifest.extra["merged_from"] == [open_bundle(a).bundle_id, open_bundle(b).bundle_id]
+    # A merge reads its rows from the inputs: the pipeline extracted nothing.
+    stages = merge_bundles([a, b], tmp_path / "AB2").timings.stages
+    assert stages["extract"].busy_s == 0 and stages["write"].busy_s > 0
 
     # Input order does not matter.
     merge_bundles([b, a], tmp_path / "BA")

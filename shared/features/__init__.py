@@ -1,23 +1,4 @@
-"""Feature extraction: one module per method family, one registry (see base.py)."""
+"""Feature extraction: what an extractor is (base), one module per method family, the method list (registry).
 
-from shared.features.base import (
-    Block,
-    Extractor,
-    MethodInfo,
-    all_methods,
-    create_extractor,
-    finish_blocks,
-    method_info,
-    weight_query,
-)
-
-__all__ = [
-    "Block",
-    "Extractor",
-    "MethodInfo",
-    "all_methods",
-    "create_extractor",
-    "finish_blocks",
-    "method_info",
-    "weight_query",
-]
+Importing this package imports nothing else: each module is imported where it is used.
+"""

@@ -44,6 +44,16 @@ class Extractor(Protocol):
     def extract(self, images: Sequence[Image]) -> Vectors: ...
 
 
+class PrepareAssets(Protocol):
+    """Write the files a method's extractor needs (projection.npy, model.onnx) into ``dest``; return their names.
+
+    ``model_file`` is the neural model resolve_model() chose (None: looked up in the model
+    cache by the spec's model_sha256); methods without a model ignore it.
+    """
+
+    def __call__(self, spec: FeatureSpec, dest: Path, model_file: Path | None = None) -> list[str]: ...
+
+
 @dataclass(frozen=True)
 class MethodInfo:
     name: str
@@ -51,45 +61,14 @@ class MethodInfo:
     neural: bool
     # Build the extractor; asset_dir holds what prepare_assets wrote (a bundle or its staging dir).
     factory: Callable[[FeatureSpec, Path], Extractor]
-    # Write the files the extractor needs (projection.npy, model.onnx) into dest; return their names.
-    prepare_assets: Callable[[FeatureSpec, Path], list[str]]
+    prepare_assets: PrepareAssets
     # (ready, what to run to make it ready) — neural methods need an exported model.
     readiness: Callable[[], tuple[bool, str]]
     # Dimension of the vectors for a spec, without building anything.
     dim: Callable[[FeatureSpec], int]
 
 
-_REGISTRY: dict[str, MethodInfo] = {}
-
-
-def register(info: MethodInfo) -> None:
-    _REGISTRY[info.name] = info
-
-
-def method_info(name: str) -> MethodInfo:
-    _load_builtin_methods()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UsageError(f"unknown method {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
-
-
-def all_methods() -> list[MethodInfo]:
-    _load_builtin_methods()
-    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
-
-
-def create_extractor(spec: FeatureSpec, asset_dir: Path) -> Extractor:
-    return method_info(spec.method).factory(spec, asset_dir)
-
-
-def _load_builtin_methods() -> None:
-    # Imported lazily so that `shared.features.base` has no import cycle with the methods.
-    import shared.features.classic
-    import shared.features.neural  # noqa: F401
-
-
-def no_assets(spec: FeatureSpec, dest: Path) -> list[str]:
+def no_assets(spec: FeatureSpec, dest: Path, model_file: Path | None = None) -> list[str]:
     return []
 
 

@@ -23,7 +23,6 @@ from shared.features.base import (
     always_ready,
     finish_blocks,
     no_assets,
-    register,
 )
 from shared.features.color import hsv_histogram
 from shared.features.gradients import Gradients, canny_edges, cell_histogram, cell_index, gradients, gray_of
@@ -274,7 +273,7 @@ class SpatialColorExtractor:
 PROJECTION_FILE = "projection.npy"
 
 
-def _spatial_color_assets(spec: FeatureSpec, dest: Path) -> list[str]:
+def _spatial_color_assets(spec: FeatureSpec, dest: Path, model_file: Path | None = None) -> list[str]:
     from shared.atomic import atomic_save_npy
 
     atomic_save_npy(dest / PROJECTION_FILE, make_projection(spec.projection_seed))
@@ -289,31 +288,28 @@ def _spatial_color_factory(spec: FeatureSpec, asset_dir: Path) -> SpatialColorEx
     return SpatialColorExtractor(spec, projection)
 
 
-def _register_plain(name: str, summary: str, make: Callable[[FeatureSpec], Extractor]) -> None:
+def _plain(name: str, summary: str, make: Callable[[FeatureSpec], Extractor]) -> MethodInfo:
     """A classic method that needs no assets: the extractor is made from the spec alone."""
-    register(
-        MethodInfo(
-            name=name,
-            summary=summary,
-            neural=False,
-            factory=lambda spec, _dir: make(spec),
-            prepare_assets=no_assets,
-            readiness=always_ready,
-            dim=lambda spec: sum(b.dim for b in make(spec).blocks),
-        )
+    return MethodInfo(
+        name=name,
+        summary=summary,
+        neural=False,
+        factory=lambda spec, _dir: make(spec),
+        prepare_assets=no_assets,
+        readiness=always_ready,
+        dim=lambda spec: sum(b.dim for b in make(spec).blocks),
     )
 
 
-_register_plain("canny", "Canny edge orientation (4x4 grid) + Sobel texture + HSV colour; fastest", CannyExtractor)
-_register_plain(
-    "spatial_pyramid",
-    "per-cell edges, texture and colour on a 2x2 or 3x3 grid (--spatial-grid); keeps layout",
-    SpatialPyramidExtractor,
-)
-_register_plain(
-    "hog", "histogram of oriented gradients (any aspect) + texture + 2x2 colour; best for motion", HogExtractor
-)
-register(
+# The classic methods, listed by shared.features.registry (nothing registers itself at import).
+METHODS: tuple[MethodInfo, ...] = (
+    _plain("canny", "Canny edge orientation (4x4 grid) + Sobel texture + HSV colour; fastest", CannyExtractor),
+    _plain(
+        "spatial_pyramid",
+        "per-cell edges, texture and colour on a 2x2 or 3x3 grid (--spatial-grid); keeps layout",
+        SpatialPyramidExtractor,
+    ),
+    _plain("hog", "histogram of oriented gradients (any aspect) + texture + 2x2 colour; best for motion", HogExtractor),
     MethodInfo(
         name="spatial_color",
         summary="4x4 grid x 512 HSV bins projected to 224 + edge and detail layout; compact, colour-true",
@@ -322,5 +318,5 @@ register(
         prepare_assets=_spatial_color_assets,
         readiness=always_ready,
         dim=lambda spec: 16 + 16 + SPATIAL_COLOR_DIM,
-    )
+    ),
 )

@@ -40,7 +40,7 @@ from numpy.typing import NDArray
 from shared import models
 from shared.atomic import atomic_write_bytes
 from shared.errors import BundleError, InputError, ModelMissingError, UsageError
-from shared.features.base import Block, Image, MethodInfo, Vectors, finish_blocks, register
+from shared.features.base import Block, Image, MethodInfo, Vectors, finish_blocks
 from shared.hashing import sha256_file
 from shared.spec import FeatureSpec
 
@@ -77,8 +77,6 @@ NETS: dict[str, NetConfig] = {
 _jobs = 1
 _threads: int | None = None
 _SESSIONS: dict[tuple[str, int], Any] = {}
-# Models resolve_model() handed out in this process, by sha256: found again even in a --cache-dir cache.
-_RESOLVED: dict[str, Path] = {}
 
 
 def configure_runtime(*, jobs: int = 1, threads: int | None = None) -> None:
@@ -238,11 +236,12 @@ def _factory(spec: FeatureSpec, asset_dir: Path) -> NeuralExtractor:
     return NeuralExtractor(spec, _session(data, sha, ort_threads()))
 
 
-def _prepare_assets(spec: FeatureSpec, dest: Path) -> list[str]:
+def _prepare_assets(spec: FeatureSpec, dest: Path, model_file: Path | None = None) -> list[str]:
+    """Copy the spec's model into ``dest``: ``model_file`` (what resolve_model returned), else the cached one."""
     if not spec.model_sha256:
         raise UsageError(f"the {spec.method} spec names no model; resolve_model() fills its model_sha256")
     cache = models.cache_dir()
-    data = _read_if_sha(_RESOLVED.get(spec.model_sha256), spec.model_sha256)
+    data = _read_if_sha(model_file, spec.model_sha256)
     if data is None:
         data = _read_if_sha(cache / models.model_filename(spec.method, spec.model_sha256), spec.model_sha256)
     if data is None:
@@ -280,14 +279,13 @@ def resolve_model(method: str, onnx_model: Path | None = None, cache_dir: Path |
     An explicit ``onnx_model`` wins: it is checked (it must follow the model contract
     and give the method's channel count) and copied into the cache under its content
     name, so that every later step finds it by sha256 alone. Otherwise the most recently
-    exported model of the method in the cache is used.
+    exported model of the method in the cache is used. A build hands the returned path to
+    ``prepare_assets`` (its ``model_file``), which then finds it outside the default cache too.
     """
     if method not in NETS:
         raise UsageError(f"{method!r} is not a neural method; choose one of {', '.join(NETS)}")
     cache = models.cache_dir(cache_dir)
-    path, sha = _import_model(method, Path(onnx_model), cache) if onnx_model is not None else _latest(method, cache)
-    _RESOLVED[sha] = path
-    return path, sha
+    return _import_model(method, Path(onnx_model), cache) if onnx_model is not None else _latest(method, cache)
 
 
 def _latest(method: str, cache: Path) -> tuple[Path, str]:
@@ -346,15 +344,16 @@ def _first_line(error: Exception) -> str:
     return lines[0][:200] if lines else type(error).__name__
 
 
-for _name, _net in NETS.items():
-    register(
-        MethodInfo(
-            name=_name,
-            summary=_net.summary,
-            neural=True,
-            factory=_factory,
-            prepare_assets=_prepare_assets,
-            readiness=functools.partial(_readiness, _name),
-            dim=_dim,
-        )
+# The neural methods, listed by shared.features.registry (nothing registers itself at import).
+METHODS: tuple[MethodInfo, ...] = tuple(
+    MethodInfo(
+        name=name,
+        summary=net.summary,
+        neural=True,
+        factory=_factory,
+        prepare_assets=_prepare_assets,
+        readiness=functools.partial(_readiness, name),
+        dim=_dim,
     )
+    for name, net in NETS.items()
+)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared.features.base import method_info
+from shared.features.registry import method_info
 from tests.bench import data
 from tests.bench.build_bench import measure
 from tests.bench.common import Context, Row, child_dict, size_label

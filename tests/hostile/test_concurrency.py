@@ -107,13 +107,13 @@ _SWAPPER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from shared.bundle import replace_dir
+    from shared.atomic import replace_folder
     root = Path(sys.argv[1])
     for i in range(int(sys.argv[2])):
         work = root / f"work-{i}"
         work.mkdir()
         (work / "manifest.json").write_text(str(i))
-        replace_dir(work, root / "bundle")
+        replace_folder(work, root / "bundle")
     """
 )
 
