@@ -27,7 +27,7 @@ from fluxframe_render.select import Choice
 from fluxframe_render.video import VideoInfo
 from shared.atomic import atomic_write_bytes, fsync_dir
 from shared.errors import OutputError, StateError
-from shared.hashing import sha256_json
+from shared.hashing import canonical_json, sha256_json
 
 CHECKPOINT_NAME = "checkpoint.jsonl"
 # Match options derived by ff-render, not chosen by the user: never shown to them.
@@ -216,7 +216,7 @@ class Checkpoint:
             except OSError as exc:
                 raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
             return cls(path, handle), Progress(old, choices, end)
-        line = json.dumps(header.to_dict(), sort_keys=True, separators=(",", ":")) + "\n"
+        line = canonical_json(header.to_dict()) + "\n"
         atomic_write_bytes(path, line.encode())
         try:
             handle = open(path, "ab")  # noqa: SIM115 - kept open for appends until close()
@@ -225,7 +225,7 @@ class Checkpoint:
         return cls(path, handle), Progress(header, [], None)
 
     def _append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
+        line = canonical_json(record) + "\n"
         try:
             self._handle.write(line.encode())
             self._handle.flush()

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
-from fluxframe_index.build import build_tile_ivf
+from fluxframe_index.seal import build_tile_ivf
 from shared.bundle import (
     ATLAS,
     IMAGES,
