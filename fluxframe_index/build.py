@@ -16,7 +16,7 @@ from typing import Any
 
 from fluxframe_index.assemble import RowRun, sort_key
 from fluxframe_index.extract import ChunkStats, ChunkTask
-from fluxframe_index.pipeline import Rows, RunSettings, run_source
+from fluxframe_index.pipeline import Rows, RunSettings, Sealed, run_source
 from fluxframe_index.scan import (
     IMAGE_EXTENSIONS,
     PoolEntry,
@@ -122,6 +122,22 @@ class BuildResult:
     skipped_folders: list[SkippedFolder] = field(default_factory=list)
     timings: BuildTimings = field(default_factory=BuildTimings)
 
+    @classmethod
+    def sealed(cls, dest: Path, sealed: Sealed, started: float, scan: ScanResult, timings: BuildTimings) -> BuildResult:
+        """The result of a build or update that ran its source to a sealed bundle."""
+        return cls(
+            dest,
+            sealed.manifest,
+            False,
+            sealed.count,
+            sealed.rejected,
+            sealed.resumed_shards,
+            time.perf_counter() - started,
+            timings.stage_seconds(),
+            scan.skipped_folders,
+            timings,
+        )
+
 
 def build_bundle(
     pool: Path,
@@ -155,18 +171,7 @@ def build_bundle(
         if current is not None and current.spec_sha256 != spec.sha256() and not options.replace:
             refuse_other_spec(dest, current, spec)
         sealed = run_source(PoolSource(pool, scan, options), dest, options.run_settings(), timings, on_chunk)
-    return BuildResult(
-        dest,
-        sealed.manifest,
-        False,
-        sealed.count,
-        sealed.rejected,
-        sealed.resumed_shards,
-        time.perf_counter() - started,
-        timings.stage_seconds(),
-        scan.skipped_folders,
-        timings,
-    )
+    return BuildResult.sealed(dest, sealed, started, scan, timings)
 
 
 class PoolSource:

@@ -123,19 +123,7 @@ def update_bundle(
             changes = pool_changes(old, scan)
         source = UpdateSource(pool, old, scan, changes, options)
         sealed = run_source(source, bundle, options.run_settings(), timings, on_chunk)
-    result = BuildResult(
-        bundle,
-        sealed.manifest,
-        False,
-        sealed.count,
-        sealed.rejected,
-        sealed.resumed_shards,
-        time.perf_counter() - started,
-        timings.stage_seconds(),
-        scan.skipped_folders,
-        timings,
-    )
-    return result, changes.counts
+    return BuildResult.sealed(bundle, sealed, started, scan, timings), changes.counts
 
 
 def pool_changes(old: Bundle, scan: ScanResult) -> PoolChanges:

@@ -120,8 +120,7 @@ class Hold(Policy):
 
     @property
     def used(self) -> UsedSet | None:
-        ledger = self.selector.ledger
-        return None if ledger.rules.unlimited else ledger.blocked
+        return self.selector.ledger.exclusion
 
     def process(self, item: Batch) -> Iterable[Choice]:
         assert item.queries is not None and item.scores is not None and item.ids is not None
@@ -168,8 +167,7 @@ class Smooth(Policy):
 
     @property
     def used(self) -> UsedSet | None:
-        ledger = self.selector.ledger
-        return None if ledger.rules.unlimited else ledger.blocked
+        return self.selector.ledger.exclusion
 
     def committed_before(self, start: int, history: Sequence[Choice]) -> int:
         # Segments are committed when the frame after them arrives: searching the batch at

@@ -73,6 +73,11 @@ class ReuseLedger:
         other.blocked, other._releases = self.blocked.copy(), deque(self._releases)
         return other
 
+    @property
+    def exclusion(self) -> UsedSet | None:
+        """What a search must leave out now; None when no rule is in force (nothing to leave out)."""
+        return None if self.rules.unlimited else self.blocked
+
     def allowed(self, image_id: int, frame: int) -> bool:
         """May ``image_id`` be shown on ``frame`` (>= next_frame) after what is recorded?
 

@@ -152,7 +152,7 @@ class Selector:
     @property
     def used(self) -> UsedSet | None:
         """The ids a search must leave out now (None when no reuse rule is in force)."""
-        return None if self.policy.rules.unlimited else self.ledger.blocked
+        return self.ledger.exclusion
 
     def record(self, choice: Choice) -> None:
         """Account for a choice made earlier (checkpoint replay) or just now."""
