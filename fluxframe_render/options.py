@@ -115,7 +115,7 @@ class RenderOptions:
         minimum=0,
         maximum=1,
     )
-    color_grid: str = option("32x18", "--color-transfer local: cells of the colour layout, COLSxROWS.", LOOK)
+    color_grid: str = option("48x27", "--color-transfer local: cells of the colour layout, COLSxROWS.", LOOK)
     # -- reuse ------------------------------------------------------------------------------------
     no_repeat: bool = option(False, "Use every image at most once (the same as --max-uses 1).", REUSE)
     max_uses: int = option(
