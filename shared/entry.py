@@ -38,9 +38,18 @@ def run(prog: str, module: str, attr: str = "main") -> None:
     main: Callable[[], object] = getattr(import_module(module), attr)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        main()
+        try:
+            main()
+        finally:
+            # The run is over and its outcome said: a Ctrl-C while the interpreter exits (joblib's
+            # and PyAV's clean-up, threading's shutdown) must neither print "Exception ignored" nor
+            # end the process by SIGINT, which Python's finalisation does by restoring the default
+            # handler. An ignored signal stays ignored through finalisation.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     except KeyboardInterrupt:
-        # Between the tool's start and its own handler (argument parsing), or after it returned.
+        # Between the tool's start and its own handler (argument parsing), or after it returned
+        # but before the line above: the one line, and nothing after it can be interrupted.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         sys.stderr.write(f"{prog}: interrupted\n")
         sys.exit(EXIT_INTERRUPTED)
 

@@ -266,3 +266,25 @@ def test_ctrl_c_at_any_moment_of_a_parallel_build_is_one_line_and_exit_130(tmp_p
     done = subprocess.run(command, capture_output=True, text=True, env=child_env(), timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert open_bundle(bundle).count == 96
+
+
+@pytest.mark.slow
+def test_ctrl_c_as_a_build_ends_is_a_clean_exit_or_one_line(tmp_path: Path) -> None:
+    """A Ctrl-C just after the summary, while the interpreter exits (joblib, threads): exit 0 and
+    nothing on stderr, or the one line and 130; never 'Exception ignored', a traceback or death by SIGINT."""
+    pool = tmp_path / "pool"
+    make_pool(pool, 16, seed=5, max_side=400)
+    for attempt in range(5):
+        bundle = tmp_path / f"bundle-{attempt}"
+        command = argv("ff-index", ["build", pool, bundle, "--jobs", "2", "--quiet"])
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), start_new_session=True
+        )
+        assert proc.stdout is not None
+        summary = proc.stdout.readline()  # the work is done: the process is on its way out
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+        assert summary.startswith("indexed"), summary
+        assert (proc.returncode, stderr) == (0, "") or (
+            proc.returncode == EXIT_INTERRUPTED and stderr == "ff-index: interrupted\n"
+        ), (attempt, proc.returncode, stderr)
