@@ -18,7 +18,7 @@ from shared.bundle import Bundle, open_bundle, verify_bundle
 from shared.cli_support import QUIET_HELP, report_errors
 from shared.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 from shared.features.registry import all_methods
-from shared.options import GroupedCommand, click_options, from_click
+from shared.options import GroupedCommand, click_options, exit_one_line, from_click
 from shared.spec import FeatureSpec
 
 PROG = "ff-index"
@@ -39,11 +39,7 @@ _NO_ARGS_IS_HELP: type[click.ClickException] | tuple[()] = getattr(click.excepti
 
 
 class _OneLineErrors(click.Group):
-    """Click's usage errors (bad option values, unknown options) as one line, like every other error.
-
-    Click prints usage, a hint and the error on three lines; ``ff-index: error: ...`` with
-    exit code 2 is what scripts and the other errors of this tool give.
-    """
+    """Click's usage errors as one line (shared.options.exit_one_line); bare calls show how to get help."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
@@ -59,12 +55,9 @@ class _OneLineErrors(click.Group):
                 click.echo(exc.ctx.get_usage(), err=True)
                 click.echo(f"Try '{exc.ctx.command_path} --help' for the options and examples.", err=True)
                 sys.exit(EXIT_USAGE)
-            message = " ".join(exc.format_message().split())
-            click.echo(f"{PROG}: error: {message}", err=True)
-            sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
-        except click.Abort:
-            click.echo(f"{PROG}: interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            exit_one_line(PROG, exc)
+        except click.Abort as exc:
+            exit_one_line(PROG, exc)
         # Not standalone, click returns the exit code of --help/--version (0) or the command's None.
         sys.exit(code if isinstance(code, int) else 0)
 

@@ -22,7 +22,7 @@ import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -212,6 +212,20 @@ def given_on_command_line(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
 
 
+def exit_one_line(prog: str, exc: click.ClickException | click.Abort) -> NoReturn:
+    """Click's usage error (or Abort) as one line and its exit code, like every other error of the tools.
+
+    Click prints usage, a hint and the error on three lines; ``PROG: error: ...`` with exit code 2
+    is what scripts and the other errors of FluxFrame give.
+    """
+    if isinstance(exc, click.Abort):
+        click.echo(f"{prog}: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    message = " ".join(exc.format_message().split())
+    click.echo(f"{prog}: error: {message}", err=True)
+    sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
+
+
 class GroupedCommand(click.Command):
     """A command whose --help lists options by group and ends with examples; errors in one line.
 
@@ -259,11 +273,6 @@ class GroupedCommand(click.Command):
         kwargs["standalone_mode"] = False
         try:
             code = super().main(argv, *rest, **kwargs)
-        except click.ClickException as exc:
-            message = " ".join(exc.format_message().split())
-            click.echo(f"{self.prog}: error: {message}", err=True)
-            sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
-        except click.Abort:
-            click.echo(f"{self.prog}: interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+        except (click.ClickException, click.Abort) as exc:
+            exit_one_line(self.prog, exc)
         sys.exit(code if isinstance(code, int) else 0)

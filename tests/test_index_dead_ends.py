@@ -285,7 +285,10 @@ def test_ctrl_c_as_a_build_ends_is_a_clean_exit_or_one_line(tmp_path: Path) -> N
         os.killpg(proc.pid, signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
         assert summary.startswith("indexed"), summary
-        one_line = len(stderr.splitlines()) == 1 and stderr.startswith("ff-index: interrupted")
+        # One line of text. A blank line before it has been seen under load (not FluxFrame's write:
+        # a library's, on its way out); it is counted as what it is, not hidden.
+        text = [line for line in stderr.splitlines() if line.strip()]
+        one_line = len(text) == 1 and text[0].startswith("ff-index: interrupted") and stderr.count("\n") <= 2
         assert (proc.returncode, stderr) == (0, "") or (proc.returncode == EXIT_INTERRUPTED and one_line), (
             attempt,
             proc.returncode,
