@@ -264,7 +264,7 @@ class Commit(Stage[Choice, Choice]):
         every: int,
         *,
         units: bool = False,
-        on_commit: Callable[[int], None] | None = None,
+        on_commit: Callable[[list[Choice]], None] | None = None,
         before_save: Callable[[list[Choice]], None] | None = None,
     ) -> None:
         self.checkpoint = checkpoint
@@ -290,8 +290,8 @@ class Commit(Stage[Choice, Choice]):
         if saving and self.before_save is not None:
             self.before_save(saving)
         self.checkpoint.save(saving)
-        if self.on_commit is not None:
-            self.on_commit(len(saving))
+        if self.on_commit is not None and saving:
+            self.on_commit(saving)  # in the checkpoint now: progress, and the output phase may show them
 
     def close(self) -> None:
         count = len(self.pending)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import cast
+from typing import Protocol, cast
 
 import cv2
 import numpy as np
@@ -29,6 +29,14 @@ JPEG_QUALITY = 90
 CACHE_BYTES = 256 << 20  # decoded output-size images kept for reuse
 LOOKAHEAD = 8  # images loaded ahead of the encoder
 SAMPLE_HALF_WIDTH = 640  # each half of a comparison sample is at most this wide
+
+
+class IdStream(Protocol):
+    """Image ids by position: ``get`` waits for the id (None past the end), ``ready`` never waits."""
+
+    def get(self, position: int) -> int | None: ...
+
+    def ready(self, position: int) -> int | None: ...
 
 
 class MatchedImages:
@@ -78,13 +86,21 @@ class MatchedImages:
         while len(self._cache) > self._capacity:
             self._cache.popitem(last=False)
 
-    def iter_images(self, ids: Sequence[int]) -> Iterator[Image]:
-        """The image of every id in order, loading up to LOOKAHEAD distinct images ahead."""
+    def iter_images(self, ids: IdStream) -> Iterator[Image]:
+        """The image of every id in order, loading up to LOOKAHEAD distinct images ahead.
+
+        Read-ahead looks only at ids already there (``ready``): ids still being matched are
+        waited for one at a time, when they are due.
+        """
         pending: dict[int, Future[Image]] = {}
         next_to_schedule = 0
-        for position, image_id in enumerate(ids):
-            while next_to_schedule < len(ids) and next_to_schedule < position + LOOKAHEAD:
-                upcoming = ids[next_to_schedule]
+        position = 0
+        while (image_id := ids.get(position)) is not None:
+            next_to_schedule = max(next_to_schedule, position)
+            while next_to_schedule < position + LOOKAHEAD:
+                upcoming = ids.ready(next_to_schedule)
+                if upcoming is None:
+                    break
                 if upcoming not in self._cache and upcoming not in pending:
                     pending[upcoming] = self._pool.submit(self._load, upcoming, self._path(upcoming))
                 next_to_schedule += 1
@@ -99,6 +115,7 @@ class MatchedImages:
                 image = self._load(image_id, self._path(image_id))
                 self._remember(image_id, image)
             yield image
+            position += 1
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -7,10 +7,12 @@ at full size: no matching happens here, so output options re-render in seconds.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from fluxframe_render.choice_feed import ChoiceFeed
 from fluxframe_render.color_transfer import ColorTransfer
 from fluxframe_render.compose import MatchedImages
 from fluxframe_render.pipeline import Source, Stage
@@ -33,17 +35,28 @@ class OutputFrame:
 
 
 class ChoiceFrames(Source[OutputFrame]):
-    """Every choice in order, with its source frame when ``reader`` is given (decoded in this stage's thread)."""
+    """Every choice in order as the feed hands it on, with its source frame when ``reader`` is given
+    (decoded in this stage's thread). A feed still being matched is waited on; the wait is the
+    source's waiting time, not its busy time."""
 
     name = "decode"
 
-    def __init__(self, choices: Sequence[Choice], reader: FrameReader | None) -> None:
-        self.choices = choices
+    def __init__(self, feed: ChoiceFeed, reader: FrameReader | None) -> None:
+        self.feed = feed
         self.reader = reader
 
     def items(self) -> Iterator[OutputFrame]:
         frames = iter(self.reader) if self.reader is not None else None
-        for choice in self.choices:
+        position = 0
+        while True:
+            choice = self.feed.ready(position)
+            if choice is None:
+                started = time.perf_counter()
+                choice = self.feed.get(position)
+                self.waited += time.perf_counter() - started
+                if choice is None:
+                    return
+            position += 1
             source = None
             if frames is not None:
                 frame = next(frames, None)
@@ -53,6 +66,9 @@ class ChoiceFrames(Source[OutputFrame]):
                     source = frame.image
             yield OutputFrame(choice, source=source, cut=choice.cut)
 
+    def cancel(self) -> None:
+        self.feed.cancel()
+
 
 class FullFrame(Stage[OutputFrame, OutputFrame]):
     """Full-frame composer: the chosen image at the output size (decoded once per distinct image, read ahead)."""
@@ -60,9 +76,9 @@ class FullFrame(Stage[OutputFrame, OutputFrame]):
     name = "compose"
     threaded = True
 
-    def __init__(self, images: MatchedImages, ids: Sequence[int]) -> None:
+    def __init__(self, images: MatchedImages, feed: ChoiceFeed) -> None:
         self.images = images
-        self._stream = images.iter_images(list(ids))
+        self._stream = images.iter_images(_FeedIds(feed))
 
     def process(self, item: OutputFrame) -> Iterable[OutputFrame]:
         item.photo = next(self._stream)
@@ -71,6 +87,21 @@ class FullFrame(Stage[OutputFrame, OutputFrame]):
 
     def close(self) -> None:
         self.images.close()
+
+
+class _FeedIds:
+    """The image ids of a feed's choices, for MatchedImages' read-ahead (which looks only at committed ones)."""
+
+    def __init__(self, feed: ChoiceFeed) -> None:
+        self.feed = feed
+
+    def get(self, position: int) -> int | None:
+        choice = self.feed.get(position)
+        return None if choice is None else choice.image_id
+
+    def ready(self, position: int) -> int | None:
+        choice = self.feed.ready(position)
+        return None if choice is None else choice.image_id
 
 
 class Colour(Stage[OutputFrame, OutputFrame]):

@@ -52,12 +52,18 @@ class Source(ABC, Generic[O]):
     """Where a pipeline's items come from (a video's frames, a checkpoint's choices)."""
 
     name = "source"
+    # Seconds ``items`` spent waiting for input from elsewhere (choices still being matched), not
+    # producing: the runner reports them as the source's waiting time instead of busy time.
+    waited: float = 0.0
 
     @abstractmethod
     def items(self) -> Iterator[O]: ...
 
     def close(self) -> None:
         """Release what the source holds; called once, however the run ends."""
+
+    def cancel(self) -> None:
+        """The run is stopping: wake the source if it waits for input (not for decoding, which ends)."""
 
 
 class Stage(ABC, Generic[I, O]):
@@ -96,6 +102,10 @@ class RunTimings:
 
 class _Stopped(Exception):
     """Raised inside a segment when another segment failed: stop quietly."""
+
+
+class RunCancelled(Exception):
+    """The run was stopped from outside (``Runner.cancel``) before its source ended."""
 
 
 class _Channel:
@@ -156,6 +166,14 @@ class Runner:
         self.source = source
         self.stages = list(stages)
         self.timings = RunTimings({source.name: StageTiming(), **{s.name: StageTiming() for s in self.stages}})
+        self._stop = threading.Event()
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        """Stop a run going on in another thread: its ``run`` raises RunCancelled (stages are closed as always)."""
+        self._cancelled = True
+        self._stop.set()
+        self.source.cancel()
 
     def _segments(self) -> list[list[Stage[Any, Any]]]:
         # A threaded first stage leaves the first segment empty: the source then runs alone in
@@ -170,7 +188,7 @@ class Runner:
     def run(self) -> RunTimings:
         started = time.perf_counter()
         segments = self._segments()
-        stop = threading.Event()
+        stop = self._stop
         errors: list[BaseException] = []
         channels = [_Channel(stop) for _ in segments]  # channels[i] feeds segments[i]
         source_timing = self.timings.stages[self.source.name]
@@ -178,6 +196,8 @@ class Runner:
         def source_items() -> Iterator[object]:
             it = self.source.items()
             while True:
+                if stop.is_set():
+                    raise _Stopped  # a source alone with the last segment has no channel to notice it
                 t0 = time.perf_counter()
                 try:
                     item = next(it)
@@ -205,6 +225,8 @@ class Runner:
                 for result in _feed(stages, timings, item):
                     if out is not None:
                         out.put(result)
+            if stop.is_set():
+                raise _Stopped  # input cut short by a stop (a cancelled source ends early): never finish on it
             for result in _drain(stages, timings):
                 if out is not None:
                     out.put(result)
@@ -240,17 +262,23 @@ class Runner:
                 run_segment(last, last_inputs, None)
             if errors:
                 raise errors[0]
+            if self._cancelled:
+                raise RunCancelled
         except BaseException as exc:
             if errors and exc is not errors[0]:
                 raise errors[0] from None
             raise
         finally:
             stop.set()
+            with contextlib.suppress(Exception):
+                self.source.cancel()  # a source waiting for input must not keep its thread from ending
             for thread in threads:
                 thread.join()
             with contextlib.suppress(Exception):
                 self.source.close()
             for stage in reversed(self.stages):
                 stage.close()
+            source_timing.busy = max(0.0, source_timing.busy - self.source.waited)
+            source_timing.waiting += self.source.waited
             self.timings.seconds = time.perf_counter() - started
         return self.timings

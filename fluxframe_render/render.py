@@ -1,14 +1,15 @@
 """ff-render's API: ``render(video, bundle, out, options) -> RenderResult``: wiring of the stages.
 
-Two phases, each a pipeline run by pipeline.Runner:
+Two phases, each a pipeline run by pipeline.Runner, running at the same time (overlap.py):
 
-1. Match (skipped when OUT's checkpoint is complete for these options):
+1. Match (skipped when OUT's checkpoint is complete for these options), in a thread:
    decode -> describe -> search -> select (a policy) -> checkpoint.
    Batches are aligned to fixed multiples of the batch size; a resumed run re-enters the
    batch it stopped in with the state that batch started with, so it chooses exactly
-   what an uninterrupted run would.
-2. Output, from the checkpoint's choices alone: (source frames) -> compose -> sinks
-   (MP4 + audio, frame JPEGs, samples), then results.json.
+   what an uninterrupted run would. Each commit hands its choices to the output phase
+   (choice_feed.ChoiceFeed).
+2. Output, from committed choices alone, as they come: (source frames) -> compose ->
+   colour -> metrics -> sinks (MP4 + audio, frame JPEGs, samples, report), then results.json.
 
 Everything is checked before OUT is touched: a refused render changes nothing on disk.
 """
@@ -39,6 +40,7 @@ from fluxframe_render.checkpoint import (
     switch_matches,
     video_identity,
 )
+from fluxframe_render.choice_feed import ChoiceFeed, FeedGrids
 from fluxframe_render.coherence import HoldParams, SmoothParams
 from fluxframe_render.color_transfer import ColorParams, ColorTransfer
 from fluxframe_render.compose import JpegWriter, MatchedImages
@@ -46,6 +48,7 @@ from fluxframe_render.lock import OutputLock
 from fluxframe_render.match import Batch, Describe, FrameMatcher, Scenes, Search, VideoFrames, auto_match_batch
 from fluxframe_render.options import COHERENCE_CANDIDATES, RenderOptions, parse_grid
 from fluxframe_render.output import ChoiceFrames, Colour, FullFrame, OutputFrame, Quality
+from fluxframe_render.overlap import Overlap
 from fluxframe_render.pipeline import Runner, RunTimings, Stage
 from fluxframe_render.policies import GlobalAssign, Hold, PerFrame, Policy, Smooth
 from fluxframe_render.report import ReportBuilder, tile_zoom_crop
@@ -62,7 +65,6 @@ from fluxframe_render.video import FrameReader, VideoInfo, VideoWriter, output_s
 from shared import __version__
 from shared.atomic import atomic_write_json
 from shared.bundle import INDEX, Bundle, open_bundle
-from shared.cli_support import progress_bar
 from shared.errors import InputError, OutputError, StateError, UsageError
 from shared.features.base import normalize_weights
 from shared.own_folders import is_inside
@@ -309,8 +311,21 @@ def _end(run: _Render, reader: FrameReader, choices: list[Choice]) -> dict[str, 
 TILE_BATCH = 16  # frames whose cells are searched together (32x18 cells: 9,216 queries a call)
 
 
+def _open_tile_log(run: _Render, done: int) -> tuple[TileGridLog, NDArray[np.int32]]:
+    """OUT/tiles.log cut to the ``done`` committed choices, and the grids it holds."""
+    cols, rows = run.tile_grid()
+    log = TileGridLog.open(run.out / TILE_LOG, rows, cols)
+    try:
+        # Grids written after the last committed choice belong to no choice: cut them off.
+        log.truncate(done)
+        return log, np.array(log.read())
+    except BaseException:
+        log.close()
+        raise
+
+
 def _match_tiles(
-    run: _Render, checkpoint: Checkpoint, history: list[Choice]
+    run: _Render, checkpoint: Checkpoint, history: list[Choice], log: TileGridLog, feed: ChoiceFeed, overlap: Overlap
 ) -> tuple[list[Choice], dict[str, Any], RunTimings]:
     """Phase 1 in tile mode: a grid of pool images per frame; grids go to OUT/tiles.log, then the choices."""
     options, bundle = run.options, run.bundle
@@ -321,23 +336,27 @@ def _match_tiles(
         max_uses=options.tile_max_uses, min_distance=options.tile_distance, coherence_margin=options.tile_coherence
     )
     matcher = TileMatcher(TileIndex.for_bundle(bundle, nprobe=run.nprobe()), grid, rules)
-    log = TileGridLog.open(run.out / TILE_LOG, grid[1], grid[0])
     try:
-        # Grids written after the last committed choice belong to no choice: cut them off.
-        log.truncate(done)
         # The matcher's only state is the previous frame's grid.
         matcher.resume(np.array(log.read()[-1]) if done else None)
         reader = run.reader(done)
         select = TileSelect(matcher)
-        bar = progress_bar(reader.expected, "matching tiles", "frame", enabled=options.progress, initial=done)
+        bar = overlap.bar(reader.expected, "matching tiles", done)
+        saved: list[NDArray[np.int32]] = []
 
         def save_grids(choices: list[Choice]) -> None:
-            log.append(select.take_grids(choices))
+            grids = select.take_grids(choices)
+            log.append(grids)
+            saved[:] = list(grids)
 
-        commit = Commit(checkpoint, options.checkpoint_batch, on_commit=bar.update, before_save=save_grids)
+        def committed(choices: list[Choice]) -> None:
+            bar.update(len(choices))
+            feed.add(choices, saved)
+
+        commit = Commit(checkpoint, options.checkpoint_batch, on_commit=committed, before_save=save_grids)
         source = TileFrames(reader, geometry, bundle.tile_spec(), TILE_BATCH)
         try:
-            timings = Runner(source, [select, commit]).run()
+            timings = overlap.run(Runner(source, [select, commit]))
         finally:
             bar.close()
         choices = history + commit.choices
@@ -350,7 +369,7 @@ def _match_tiles(
 
 
 def _match(
-    run: _Render, checkpoint: Checkpoint, header: Header, history: list[Choice]
+    run: _Render, checkpoint: Checkpoint, header: Header, history: list[Choice], feed: ChoiceFeed, overlap: Overlap
 ) -> tuple[list[Choice], dict[str, Any], RunTimings]:
     """Phase 1: choose an image for every frame not in the checkpoint yet."""
     options = run.options
@@ -397,12 +416,17 @@ def _match(
     stages: list[Stage[Any, Any]] = [Describe(matcher), Scenes(cut_params)]
     if options.assign != "global":
         stages.append(Search(matcher, excluded))
-    bar = progress_bar(reader.expected, "matching", "frame", enabled=options.progress, initial=done)
+    bar = overlap.bar(reader.expected, "matching", done)
     units = options.assign == "global" or options.coherence == "smooth"
-    commit = Commit(checkpoint, options.checkpoint_batch, units=units, on_commit=bar.update)
+
+    def committed(choices: list[Choice]) -> None:
+        bar.update(len(choices))
+        feed.add(choices)
+
+    commit = Commit(checkpoint, options.checkpoint_batch, units=units, on_commit=committed)
     runner = Runner(VideoFrames(reader, run.bundle.spec.prepared_size(), batch, first=first), [*stages, policy, commit])
     try:
-        timings = runner.run()
+        timings = overlap.run(runner)
     finally:
         bar.close()
         run.search_stats = dict(matcher.searcher.stats)
@@ -410,6 +434,18 @@ def _match(
     end = _end(run, reader, choices)
     checkpoint.finish(end)
     return choices, end, timings
+
+
+def _matching(
+    run: _Render, checkpoint: Checkpoint, header: Header, history: list[Choice], overlap: Overlap
+) -> tuple[ChoiceFeed, Callable[[], tuple[list[Choice], dict[str, Any], RunTimings]]]:
+    """The feed of committed choices (the checkpoint's so far first) and the match phase that fills it."""
+    if run.options.tiles is None:
+        feed = ChoiceFeed(history)
+        return feed, lambda: _match(run, checkpoint, header, history, feed, overlap)
+    log, grids = _open_tile_log(run, len(history))
+    feed = ChoiceFeed(history, list(grids))
+    return feed, lambda: _match_tiles(run, checkpoint, history, log, feed, overlap)
 
 
 def _remove_stale(folder: Path, prefix: str, keep: set[int] | None) -> None:
@@ -434,25 +470,29 @@ class _Written:
     frame_quality: list[FrameQuality]
 
 
-def _output(run: _Render, choices: list[Choice], fps: float, root: Path) -> _Written:
-    """Phase 2: from the choices, the MP4, frame JPEGs, samples, look metrics and report.html."""
+def _output(run: _Render, feed: ChoiceFeed, fps: float, root: Path, overlap: Overlap) -> _Written:
+    """Phase 2: from the committed choices, the MP4, frame JPEGs, samples, look metrics and report.html.
+
+    Runs beside the match phase when it is still going (the feed waits for its choices).
+    """
     options, info, out = run.options, run.info, run.out
     frames_dir, samples_dir = out / FRAMES_DIR, out / SAMPLES_DIR
-    samples = {i * options.sample_interval for i in range(options.save_samples)} & set(range(len(choices)))
+    total = feed.complete_count
+    if total is None:
+        total = output_schedule(info, options.fps_override, options.max_seconds)[1]  # what the video announces
+    samples = {i * options.sample_interval for i in range(options.save_samples)} & set(range(total))
     for folder, wanted in ((frames_dir, options.save_frames), (samples_dir, bool(samples))):
         if wanted:
             try:
                 folder.mkdir(exist_ok=True)
             except OSError as exc:
                 raise OutputError(f"cannot create {folder}: {exc.strerror or exc}") from None
-    _remove_stale(frames_dir, "frame_", set(range(len(choices))) if options.save_frames else None)
-    _remove_stale(samples_dir, "sample_", samples if samples else None)
     mp4 = out / f"{run.video.stem}_matched.mp4"
     images = MatchedImages(run.bundle, root, (info.width, info.height))
     jpegs = JpegWriter()
     names = _Names(run.bundle)
     # Source frames are decoded again for the look metrics, colour transfer, samples and the report.
-    source = ChoiceFrames(choices, run.reader())
+    source = ChoiceFrames(feed, run.reader())
     colour = ColorParams(
         options.color_transfer,
         options.color_strength,
@@ -464,13 +504,13 @@ def _output(run: _Render, choices: list[Choice], fps: float, root: Path) -> _Wri
     if options.tiles is not None:
         compose = TileCompose(
             TileComposer(run.bundle.atlas, CellGeometry.for_frame(info.width, info.height, run.tile_grid())),
-            _tile_grids(out, run.tile_grid()),
+            FeedGrids(feed),
             run.bundle.tile_spec(),
             run.bundle.tile_descriptors,
             options.tile_color_strength,
         )
     else:
-        compose = FullFrame(images, [c.image_id for c in choices])
+        compose = FullFrame(images, feed)
     stages: list[Stage[OutputFrame, OutputFrame]] = [compose]
     if colour.mode != "off":
         stages.append(Colour(ColorTransfer(colour)))
@@ -484,13 +524,13 @@ def _output(run: _Render, choices: list[Choice], fps: float, root: Path) -> _Wri
     if samples:
         stages.append(SamplesSink(samples_dir, samples, jpegs, names.name))
     report = ReportSink(
-        ReportBuilder(f"{run.video.name} × {run.bundle.path.name}", len(choices)),
+        ReportBuilder(f"{run.video.name} × {run.bundle.path.name}", total),
         names.name,
         tiles=options.tiles is not None,
     )
     if options.report:
         stages.append(report)
-    bar = progress_bar(len(choices), "rendering", "frame", enabled=options.progress)
+    bar = overlap.bar(total, "rendering", output=True)
     stages.append(_Progress(bar.update))
     try:
         timings = Runner(source, stages).run()
@@ -506,6 +546,10 @@ def _output(run: _Render, choices: list[Choice], fps: float, root: Path) -> _Wri
             f"{len(images.missing)} matched image(s) could not be read and show as grey "
             f"(first: image {first_id}: {reason})"
         )
+    choices = feed.choices()
+    # Pictures of an earlier run that this one does not write (fewer frames, other samples, none).
+    _remove_stale(frames_dir, "frame_", set(range(len(choices))) if options.save_frames else None)
+    _remove_stale(samples_dir, "sample_", samples & set(range(len(choices))) if samples else None)
     summary = quality.tracker.summary() if quality.records else None
     if options.report:
         _write_report(run, report, choices, summary)
@@ -769,27 +813,44 @@ def render(
         match_started = time.perf_counter()
         # Until this run writes it, an earlier run's results.json would describe other output.
         results_path.unlink(missing_ok=True)
+        overlap = Overlap(options.progress, overlapped=root is not None and progress.end is None)
+        written: _Written | None = None
+        match_seconds = output_seconds = 0.0
         try:
-            if progress.end is None and options.tiles is not None:
-                choices, end, timings["match"] = _match_tiles(run, checkpoint, progress.choices)
-            elif progress.end is None:
-                choices, end, timings["match"] = _match(run, checkpoint, progress.header, progress.choices)
+            if progress.end is None:
+                feed, match = _matching(run, checkpoint, progress.header, progress.choices, overlap)
+
+                def timed_match() -> tuple[list[Choice], dict[str, Any], RunTimings]:
+                    nonlocal match_seconds
+                    try:
+                        return match()
+                    finally:
+                        match_seconds = time.perf_counter() - match_started
+
+                if root is None:
+                    choices, end, timings["match"] = timed_match()
+                else:
+                    fps = output_schedule(run.info, options.fps_override, options.max_seconds)[0]
+                    (choices, end, timings["match"]), written = overlap.together(
+                        timed_match, lambda: _output(run, feed, fps, root, overlap), feed
+                    )
             else:
                 choices, end = progress.choices, progress.end
+                if root is not None:
+                    grids = list(_tile_grids(out, run.tile_grid())) if options.tiles is not None else None
+                    written = _output(run, ChoiceFeed.complete(choices, grids), float(end["fps"]), root, overlap)
         finally:
             checkpoint.close()
-        match_seconds = time.perf_counter() - match_started if "match" in timings else 0.0
+        if written is not None:
+            output_seconds = time.perf_counter() - match_started  # output starts with matching, beside it
         if end.get("truncated"):
             first_error = f" ({end['errors'][0]})" if end.get("errors") else ""
             run.warn(
                 f"the video ends early: {end['frames']} of the {end['expected']} frames it announces could be "
                 f"read{first_error}; rendered what decodes"
             )
-        output_started = time.perf_counter()
         output: dict[str, Any] = {"fps": end["fps"], "width": run.info.width, "height": run.info.height}
-        written: _Written | None = None
-        if root is not None:
-            written = _output(run, choices, float(end["fps"]), root)
+        if written is not None:
             timings["output"] = written.timings
             output.update(
                 video=written.mp4.name,
@@ -801,8 +862,13 @@ def render(
             )
         else:
             output.update(video=None, audio=None, frames_dir=None, samples_dir=None, report=None, missing_images=0)
-        output_seconds = time.perf_counter() - output_started if root is not None else 0.0
         results = _results(run, progress.header, choices, end, output, timings, written)
+        # Wall seconds: the phases overlap, so their own seconds do not add up to the render's.
+        results["elapsed"] = {
+            "match_s": round(match_seconds, 4),
+            "render_s": round(max(match_seconds, output_seconds), 4),
+            "phases_overlapped": overlap.overlapped,
+        }
         atomic_write_json(results_path, results)
     counts = _counts(choices)
     match_timings = timings.get("match")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from fluxframe_render.choice_feed import FeedGrids
 from fluxframe_render.output import OutputFrame
 from fluxframe_render.pipeline import Source, Stage
 from fluxframe_render.select import Choice, FrameRef
@@ -95,7 +96,7 @@ class TileCompose(Stage[OutputFrame, OutputFrame]):
     def __init__(
         self,
         composer: TileComposer,
-        grids: NDArray[np.int32],
+        grids: FeedGrids,
         spec: TileSpec,
         descriptors: NDArray[np.float32],
         strength: float,

@@ -67,8 +67,12 @@ def _internal_error(prog: str, exc: Exception, debug: bool) -> NoReturn:
     sys.exit(EXIT_INTERNAL)
 
 
-def progress_bar(total: int | None, desc: str, unit: str, enabled: bool = True, initial: int = 0) -> tqdm[Any]:
+def progress_bar(
+    total: int | None, desc: str, unit: str, enabled: bool = True, initial: int = 0, position: int | None = None
+) -> tqdm[Any]:
     """Progress on stderr with count, rate and ETA; silent when disabled.
+
+    ``position``: the bar's line when several run at once (0 the top one); plain lines ignore it.
 
     A redrawn bar on a terminal; otherwise (a log, cron mail, a pipe) a plain line every
     ~10 % or ~10 s, since every redraw of a bar would stay in the log as a line of noise.
@@ -84,6 +88,7 @@ def progress_bar(total: int | None, desc: str, unit: str, enabled: bool = True, 
         dynamic_ncols=True,
         smoothing=0.1,
         file=sys.stderr,
+        position=position,
     )
 
 

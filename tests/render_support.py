@@ -71,9 +71,10 @@ def results(out: Path) -> dict[str, Any]:
 
 
 def choices_record(out: Path) -> dict[str, Any]:
-    """results.json without the seconds each stage took: what must be identical after a resume."""
+    """results.json without the seconds the stages and phases took: what must be identical after a resume."""
     data = results(out)
     data.pop("timings")
+    data.pop("elapsed")
     return data
 
 

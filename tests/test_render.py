@@ -646,3 +646,27 @@ def test_tiles_on_a_bundle_without_tile_data_is_one_line(media: Media, tmp_path:
     run = run_cli(media.clip, bare, tmp_path / "out", "--tiles", "32x18", "--quiet")
     assert_one_line_error(run, EXIT_BUNDLE, "no tile data", "--update")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("mode", [(), ("--tiles", "8x6")], ids=["full-frame", "tiles"])
+def test_output_made_beside_matching_equals_output_made_from_the_finished_checkpoint(
+    media: Media, tmp_path: Path, mode: tuple[str, ...]
+) -> None:
+    """The first run writes output while it matches (the output phase reads committed choices as
+    they come); the second finds the checkpoint complete and writes output alone. Same bytes."""
+    out = tmp_path / "out"
+    args: tuple[str | Path, ...] = (media.clip, media.bundle, out, *mode, "--checkpoint-batch", "3", "--quiet")
+    first = run_cli(*args)
+    assert first.code == 0, first.stderr
+    assert "from checkpoint" not in first.stdout
+    video = out / "clip_matched.mp4"
+    made_beside = video.read_bytes()
+    frames = {p.name: p.read_bytes() for p in (out / "matched_frames").iterdir()}
+    look = results(out)["quality"]
+    assert len(frames) == media.frames
+    video.unlink()
+    again = run_cli(*args)
+    assert again.code == 0 and f"{media.frames} from checkpoint" in again.stdout, again.stderr
+    assert video.read_bytes() == made_beside
+    assert {p.name: p.read_bytes() for p in (out / "matched_frames").iterdir()} == frames
+    assert results(out)["quality"] == look

@@ -69,15 +69,23 @@ LIMIT_ROWS = (MATCH_ROW, RECALL_ROW, E2E_ROW)
 LIMITS_SECTION = "render-limits"  # docs/performance.md's section for them (report.limits_section)
 
 
-def render_once(video: str, bundle: str, out: str, options: dict[str, Any], with_paths: bool = False) -> dict[str, Any]:
-    """Child process: one fresh render; returns its counts, its results.json timings (and chosen paths)."""
+def render_once(
+    video: str, bundle: str, out: str, options: dict[str, Any], keep_video: str | None = None
+) -> dict[str, Any]:
+    """Child process: one fresh render; returns its counts and its results.json timings.
+
+    ``keep_video``: where to keep the render's MP4 (for the encoder alone to meet the same frames).
+    """
     shutil.rmtree(out, ignore_errors=True)
     result = render(Path(video), Path(bundle), Path(out), RenderOptions(**options))
     written = json.loads(result.results_path.read_text())
+    if keep_video is not None and result.video_path is not None:
+        Path(keep_video).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(result.video_path, keep_video)
     shutil.rmtree(out, ignore_errors=True)
     return {
         "timings": written["timings"],
-        "paths": [f["path"] for f in written["frames"]] if with_paths else [],
+        "elapsed": written["elapsed"],
         "pool_root": written["pool_root"],
         "options": options,
         "frames": result.frames,
@@ -127,34 +135,33 @@ def decode_alone(video: str) -> dict[str, Any]:
     }
 
 
-def encode_alone(
-    pool_root: str, paths: list[str], size: list[int], fps: float, scratch: str, crf: int = 20, preset: str = "veryfast"
-) -> dict[str, Any]:
-    """Child process: libx264 encoding the frames a render showed, and nothing else.
+def encode_alone(video: str, scratch: str, crf: int = 20, preset: str = "veryfast") -> dict[str, Any]:
+    """Child process: libx264 encoding the frames a render wrote, and nothing else.
 
-    The frames (the chosen images at the output size, as the full-frame composer makes them)
-    are loaded first into a memory-mapped file, untimed; then every frame is converted to I420
-    (cv2, as video.VideoWriter does) and encoded to an MP4 with the render's crf and preset.
+    The render's own MP4 is decoded first into a memory-mapped file, untimed, so the encoder
+    meets the very pictures the render encoded (colour transfer and all); then every frame is
+    converted to I420 (cv2, as video.VideoWriter does) and encoded with the render's crf and preset.
     """
-    width, height = size
     raw = Path(scratch) / "frames.bgr"
     out = Path(scratch) / "encoded.mp4"
     raw.parent.mkdir(parents=True, exist_ok=True)
-    frames = np.memmap(raw, dtype=np.uint8, mode="w+", shape=(len(paths), height, width, 3))
-    loaded: dict[str, int] = {}
-    for i, rel in enumerate(paths):
-        if rel in loaded:
-            frames[i] = frames[loaded[rel]]
-        else:
-            frames[i] = load_prepared(Path(pool_root) / rel, (width, height))[0]
-            loaded[rel] = i
+    with av.open(video) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or 25)
+        decoded = [f.to_ndarray(format="bgr24") for f in container.decode(stream)]
+    height, width = decoded[0].shape[:2]
+    frames = np.memmap(raw, dtype=np.uint8, mode="w+", shape=(len(decoded), height, width, 3))
+    for i, image in enumerate(decoded):
+        frames[i] = image
     frames.flush()
+    count = len(decoded)
+    del decoded
     started = time.perf_counter()
     with av.open(str(out), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=round(fps), options={"crf": str(crf), "preset": preset})
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"
-        for i in range(len(paths)):
+        for i in range(count):
             planes = np.asarray(cv2.cvtColor(frames[i], cv2.COLOR_BGR2YUV_I420), dtype=np.uint8)
             picture = av.VideoFrame.from_ndarray(planes, format="yuv420p")
             picture.pts = i
@@ -163,7 +170,7 @@ def encode_alone(
     seconds = time.perf_counter() - started
     del frames
     shutil.rmtree(scratch, ignore_errors=True)
-    return {"frames": len(paths), "distinct": len(loaded), "seconds": seconds, "fps": len(paths) / seconds}
+    return {"frames": count, "seconds": seconds, "fps": count / seconds}
 
 
 def decode_scale_recall(bundle: str, pool_root: str, scratch: str, frames: int = 240) -> dict[str, Any]:
@@ -291,18 +298,28 @@ def _limits(ctx: Context, figures: dict[str, Any]) -> None:
     where = f"{recall['frames']} degraded pool pictures, 720p"
     ctx.add(Row(GROUP, RECALL_ROW, where, scaled_recall, "", f">= full-size - {RECALL_SLACK}", ok, note))
 
-    # The frames the render shows, for the encoder alone: the first render's choices.
-    ctx.log("render end to end, frames written (its choices feed the encoder alone)")
-    first = _render(ctx, clip, bundle, "limit-e2e", seed=1, verify=False, with_paths=True)
+    # Default options (colour transfer on), and colour transfer off as the render issue measured it.
+    _e2e_vs_encoder(ctx, clip, bundle, setting, figures, "limit_e2e", {})
+    _e2e_vs_encoder(
+        ctx, clip, bundle, setting + ", --color-transfer off", figures, "limit_e2e_no_colour", {"color_transfer": "off"}
+    )
+
+
+def _elapsed_fps(r: dict[str, Any]) -> float:
+    """Frames per second of a whole render (match and output overlap: their wall time, not their sum)."""
+    return float(r["frames"] / r["elapsed"]["render_s"])
+
+
+def _e2e_vs_encoder(
+    ctx: Context, clip: Path, bundle: Path, setting: str, figures: dict[str, Any], key: str, options: dict[str, Any]
+) -> None:
+    """The render with frames written beside libx264 encoding the render's own output frames alone."""
+    ctx.log(f"render end to end, frames written ({setting}); its MP4 feeds the encoder alone")
+    kept = ctx.work / f"{key}-output.mp4"
+    first = _render(ctx, clip, bundle, "limit-e2e", seed=1, verify=False, keep_video=str(kept), **options)
     if first is None:
         return
-    args = {
-        "pool_root": first["pool_root"],
-        "paths": first.pop("paths"),
-        "size": [1280, 720],
-        "fps": float(CLIP_FPS),
-        "scratch": str(ctx.work / "encode-alone"),
-    }
+    args = {"video": str(kept), "scratch": str(ctx.work / "encode-alone")}
     renders = [first]
 
     def encode() -> dict[str, Any]:
@@ -313,19 +330,22 @@ def _limits(ctx: Context, figures: dict[str, Any]) -> None:
         if renders:
             return renders.pop()  # the render already made, alternating with the encoder from here
         ctx.log("render end to end, frames written")
-        return _render(ctx, clip, bundle, "limit-e2e", seed=1, verify=False)
+        return _render(ctx, clip, bundle, "limit-e2e", seed=1, verify=False, **options)
 
-    both = ("match", "output")
-    pair = _best_pairs(encode, end_to_end, lambda r: _phase_fps(r, both))
+    try:
+        pair = _best_pairs(encode, end_to_end, _elapsed_fps)
+    finally:
+        kept.unlink(missing_ok=True)
     if pair is None:
         return
     encoded, full = pair
-    fps = _phase_fps(full, both)
+    fps = _elapsed_fps(full)
     ratio = fps / encoded["fps"]
-    figures["limit_e2e"] = {"render": full, "encode_alone": encoded}
+    figures[key] = {"render": full, "encode_alone": encoded}
     note = (
         f"{fps:.1f} fps vs encode alone {encoded['fps']:.1f} fps; peak RSS {full['peak_tree_rss_mb']:.0f} MB; "
-        f"match {full['timings']['match']['seconds']:.1f} s + output {full['timings']['output']['seconds']:.1f} s; "
+        f"match {full['timings']['match']['seconds']:.1f} s beside output "
+        f"{full['timings']['output']['seconds']:.1f} s; "
         f"output busy/waiting s: {_stage_note(full['timings']['output'])}"
     )
     ctx.add(Row(GROUP, E2E_ROW, setting, ratio, "x", f">= {E2E_VS_ENCODE}", ratio >= E2E_VS_ENCODE, note))
@@ -339,11 +359,11 @@ def _flat_twin(ctx: Context, ivf_bundle: Path) -> Path:
 
 
 def _render(
-    ctx: Context, clip: Path, bundle: Path, name: str, *, with_paths: bool = False, **options: Any
+    ctx: Context, clip: Path, bundle: Path, name: str, *, keep_video: str | None = None, **options: Any
 ) -> dict[str, Any] | None:
     """One render in a fresh process; a crash becomes a row of the table, not the end of the group."""
     out = ctx.work / f"render-{name}"
-    args = {"video": str(clip), "bundle": str(bundle), "out": str(out), "options": options, "with_paths": with_paths}
+    args = {"video": str(clip), "bundle": str(bundle), "out": str(out), "options": options, "keep_video": keep_video}
     try:
         return child_dict(ctx.isolated(GROUP, "tests.bench.render_bench:render_once", args))
     except ChildFailed as exc:
