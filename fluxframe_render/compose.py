@@ -29,6 +29,9 @@ JPEG_QUALITY = 90
 CACHE_BYTES = 256 << 20  # decoded output-size images kept for reuse
 LOOKAHEAD = 8  # images loaded ahead of the encoder
 SAMPLE_HALF_WIDTH = 640  # each half of a comparison sample is at most this wide
+# The output phase decodes source frames at most this wide: its stages need no more of them
+# (colour statistics at 320 px, look thumbnails at 64, samples at SAMPLE_HALF_WIDTH, report at 240).
+SOURCE_WIDTH = SAMPLE_HALF_WIDTH
 
 
 class IdStream(Protocol):
@@ -134,13 +137,15 @@ def _label(image: Image, text: str) -> None:
 
 def side_by_side(frame: Image, matched: Image, left: str, right: str) -> Image:
     """Source frame and its matched image next to each other, each labelled, each at most 640 px wide."""
-    h, w = frame.shape[:2]
-    if w > SAMPLE_HALF_WIDTH:
-        size = (SAMPLE_HALF_WIDTH, max(2, round(h * SAMPLE_HALF_WIDTH / w)))
-        frame = cast(Image, cv2.resize(frame, size, interpolation=cv2.INTER_AREA))
-        matched = cast(Image, cv2.resize(matched, size, interpolation=cv2.INTER_AREA))
-    else:
-        frame, matched = frame.copy(), matched.copy()
+    # The output's size sets the sample's (the source frame may come decoded smaller).
+    h, w = matched.shape[:2]
+    size = (w, h) if w <= SAMPLE_HALF_WIDTH else (SAMPLE_HALF_WIDTH, max(2, round(h * SAMPLE_HALF_WIDTH / w)))
+    frame, matched = (
+        cast(Image, cv2.resize(image, size, interpolation=cv2.INTER_AREA))
+        if image.shape[1::-1] != size
+        else image.copy()
+        for image in (frame, matched)
+    )
     _label(frame, left)
     _label(matched, right)
     return np.ascontiguousarray(np.hstack([frame, matched]))

@@ -14,7 +14,7 @@ from typing import Any
 
 from fluxframe_render.choice_feed import ChoiceFeed
 from fluxframe_render.color_transfer import ColorTransfer
-from fluxframe_render.compose import MatchedImages
+from fluxframe_render.compose import SOURCE_WIDTH, MatchedImages
 from fluxframe_render.pipeline import Source, Stage
 from fluxframe_render.select import Choice
 from fluxframe_render.video import FrameReader
@@ -41,12 +41,13 @@ class ChoiceFrames(Source[OutputFrame]):
 
     name = "decode"
 
-    def __init__(self, feed: ChoiceFeed, reader: FrameReader | None) -> None:
+    def __init__(self, feed: ChoiceFeed, reader: FrameReader | None, size: tuple[int, int] | None = None) -> None:
         self.feed = feed
         self.reader = reader
+        self.size = size  # (w, h) the source frames are decoded at; None: the video's own
 
     def items(self) -> Iterator[OutputFrame]:
-        frames = iter(self.reader) if self.reader is not None else None
+        frames = self.reader.iter(self.size) if self.reader is not None else None
         position = 0
         while True:
             choice = self.feed.ready(position)
@@ -68,6 +69,14 @@ class ChoiceFrames(Source[OutputFrame]):
 
     def cancel(self) -> None:
         self.feed.cancel()
+
+
+def source_size(width: int, height: int, full: bool) -> tuple[int, int] | None:
+    """The size the output phase decodes source frames at: at most SOURCE_WIDTH wide, unless ``full``
+    (a stage needs every pixel: tile colour transfer describes each cell of the source)."""
+    if full or width <= SOURCE_WIDTH:
+        return None
+    return SOURCE_WIDTH, max(2, round(height * SOURCE_WIDTH / width))
 
 
 class FullFrame(Stage[OutputFrame, OutputFrame]):

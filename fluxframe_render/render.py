@@ -47,7 +47,7 @@ from fluxframe_render.compose import JpegWriter, MatchedImages
 from fluxframe_render.lock import OutputLock
 from fluxframe_render.match import Batch, Describe, FrameMatcher, Scenes, Search, VideoFrames, auto_match_batch
 from fluxframe_render.options import COHERENCE_CANDIDATES, RenderOptions, parse_grid
-from fluxframe_render.output import ChoiceFrames, Colour, FullFrame, OutputFrame, Quality
+from fluxframe_render.output import ChoiceFrames, Colour, FullFrame, OutputFrame, Quality, source_size
 from fluxframe_render.overlap import Overlap
 from fluxframe_render.pipeline import Runner, RunTimings, Stage
 from fluxframe_render.policies import GlobalAssign, Hold, PerFrame, Policy, Smooth
@@ -492,7 +492,8 @@ def _output(run: _Render, feed: ChoiceFeed, fps: float, root: Path, overlap: Ove
     jpegs = JpegWriter()
     names = _Names(run.bundle)
     # Source frames are decoded again for the look metrics, colour transfer, samples and the report.
-    source = ChoiceFrames(feed, run.reader())
+    full_source = options.tiles is not None and options.tile_color_strength > 0
+    source = ChoiceFrames(feed, run.reader(), source_size(info.width, info.height, full_source))
     colour = ColorParams(
         options.color_transfer,
         options.color_strength,

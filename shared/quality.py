@@ -151,8 +151,9 @@ class QualityTracker:
         self._source_change = 0.0
         self._images: set[int] = set()
         self._previous: tuple[int, Lab, Lab] | None = None  # image id, source and output 16x9 Lab
-        # The last output picture and its thumbnails: a held image comes back as the same array.
+        # The last output picture and photo with their thumbnails: a held image comes back as the same array.
         self._last_output: tuple[Frame, Thumbnails] | None = None
+        self._last_photo: tuple[Frame, Thumbnails] | None = None
 
     def add(self, source: Frame, output: Frame, photo: Frame | None, image_id: int, score: float) -> FrameQuality:
         """Measure one frame: its source, what the render shows, and the photo before colour transfer."""
@@ -162,7 +163,11 @@ class QualityTracker:
         else:
             out = Thumbnails.of(output)
             self._last_output = (output, out)
-        photo_ssim = None if photo is None else ssim(out.grey, Thumbnails.of(photo).grey)
+        photo_ssim = None
+        if photo is not None:
+            if self._last_photo is None or self._last_photo[0] is not photo:
+                self._last_photo = (photo, Thumbnails.of(photo))
+            photo_ssim = ssim(out.grey, self._last_photo[1].grey)
         switched = False
         output_change = source_change = None
         if self._previous is not None:

@@ -94,3 +94,18 @@ def test_chroma_strength_moves_the_colour_channels_apart_from_lightness() -> Non
     colour_after = np.abs(target[..., 1:] - after[..., 1:]).mean()
     assert colour_after < 0.2 * colour_before  # a and b: the frame's (up to the gamut)
     assert lightness_after == pytest.approx(lightness_before, rel=0.15)  # L: the photo's
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_a_held_photo_is_transferred_as_a_fresh_copy_of_it_would_be(mode: str) -> None:
+    """The photo's LAB is kept while the same array comes back (a held image); frames still change."""
+    frame, photo = _pair()
+    other = _at_720p(colour_images()[2])
+    held, fresh = ColorTransfer(ColorParams(mode, 0.6)), ColorTransfer(ColorParams(mode, 0.6))
+    for i, source in enumerate([frame, other, frame]):
+        kept = held.apply(photo, source, cut=i == 0)
+        made = fresh.apply(photo.copy(), source, cut=i == 0)
+        assert np.array_equal(kept, made)
+    assert not np.array_equal(held.apply(photo, other, cut=True), held.apply(photo, frame, cut=True))
+    # Another photo after the held one is not mistaken for it.
+    assert np.array_equal(held.apply(other, frame, cut=True), fresh.apply(other.copy(), frame, cut=True))

@@ -12,7 +12,7 @@ import pytest
 
 from fluxframe_render.choice_feed import ChoiceFeed, FeedGrids, MatchStopped
 from fluxframe_render.overlap import Overlap
-from fluxframe_render.pipeline import Runner, RunCancelled, Source, Stage
+from fluxframe_render.pipeline import RunCancelled, Runner, Source, Stage
 from fluxframe_render.select import Choice
 from shared.errors import UsageError
 

@@ -84,3 +84,14 @@ def test_a_still_source_has_no_flicker_ratio_but_both_raw_means() -> None:
     assert summary.output_change > 0
     assert summary.flicker is None
     assert "still source" in summary.line()
+
+
+def test_the_photo_of_each_frame_is_measured_even_when_held_photos_are_reused() -> None:
+    """A held photo's thumbnails are kept while the same array comes back, never for another photo."""
+    pictures = [_at(p, (320, 180)) for p in skimage_images()[:3]]
+    tracker = QualityTracker()
+    held = [tracker.add(pictures[0], pictures[2], pictures[1], 1, 0.5) for _ in range(2)]
+    other = tracker.add(pictures[0], pictures[2], pictures[2], 2, 0.5)
+    first = held[0].photo_ssim
+    assert first is not None and first == held[1].photo_ssim and first < 0.9
+    assert other.photo_ssim == pytest.approx(1.0)

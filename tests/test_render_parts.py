@@ -275,3 +275,20 @@ def test_chunks_of_a_batch_are_described_together_and_batches_stay_aligned() -> 
     out += list(describe.finish())
     assert [[f.index for f in b.frames] for b in out] == [[0, 1, 2], [3, 4]]
     assert [b.queries.ravel().tolist() for b in out if b.queries is not None] == [[0, 1, 2], [3, 4]]
+
+
+def test_a_sample_takes_the_output_s_size_whatever_size_the_source_frame_was_decoded_at() -> None:
+    from fluxframe_render.compose import side_by_side
+    from fluxframe_render.output import source_size
+
+    output = np.zeros((720, 1280, 3), dtype=np.uint8)
+    size = source_size(1280, 720, full=False)
+    assert size == (640, 360) and source_size(1280, 720, full=True) is None and source_size(640, 360, False) is None
+    small_source = np.full((360, 640, 3), 200, dtype=np.uint8)
+    sample = side_by_side(small_source, output, "frame", "match")
+    assert sample.shape == (360, 1280, 3)
+    assert side_by_side(np.full((200, 300, 3), 9, np.uint8), np.zeros((300, 480, 3), np.uint8), "a", "b").shape == (
+        300,
+        960,
+        3,
+    )
