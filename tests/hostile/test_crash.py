@@ -136,12 +136,15 @@ def test_killed_builds_resume_to_the_identical_bundle(index_setup: IndexSetup, t
     args: list[Arg] = ["build", index_setup.pool, dest, *INDEX_ARGS]
     if seed == 3:  # two loky workers: the kill takes the whole process group
         args[args.index("--jobs") + 1] = "2"
-    shards = SHARDS
+    # Kill points leave at least two shards of work after them (two workers finish two at once), and
+    # the random delay past a point is at most one shard's time: a kill that came after the build had
+    # finished would test nothing, and every later run would find the bundle done.
+    last_point = SHARDS - 2
     kills = []
     for _ in range(KILLS_PER_SEED):
-        target = rng.randint(min(finished_shards(dest) + 1, shards), shards)
+        target = rng.randint(min(finished_shards(dest) + 1, last_point), last_point)
         outcome = kill_at_random_point(
-            "ff-index", args, at_least(finished_shards, dest, target), 3 * index_setup.window / shards, rng
+            "ff-index", args, at_least(finished_shards, dest, target), index_setup.window / SHARDS, rng
         )
         state = check_trusted_files(dest, old_id, index_setup.reference)
         kills.append((target, round(outcome.delay, 3), outcome.killed, state))
