@@ -1,0 +1,82 @@
+"""Tile search frame after frame: the candidate cache answers exactly what a full search answers."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from fluxframe_render.tile_cache import CandidateCache
+from fluxframe_render.tile_match import TileIndex, TileMatcher, TileRules
+from fluxframe_render.tiles import CellGeometry, describe_frame
+from shared.tiles import TileSpec, atlas_tile, describe_tiles
+from tests.pools import colour_images, real_images
+
+SPEC = TileSpec()
+GRID = (16, 9)
+
+
+def _pool(n: int) -> NDArray[np.float32]:
+    """Descriptors of ``n`` tiles cut at random places and scales from the package photos."""
+    rng = np.random.default_rng(3)
+    images = real_images()
+    tiles = []
+    for _ in range(n):
+        image = images[int(rng.integers(len(images)))]
+        h, w = image.shape[:2]
+        side = int(rng.integers(24, min(h, w) // 2))
+        y, x = int(rng.integers(0, h - side)), int(rng.integers(0, w - side))
+        tiles.append(atlas_tile(image[y : y + side, x : x + side], SPEC.size))
+    return describe_tiles(np.stack(tiles))
+
+
+def _pan(frames: int, width: int = 320, height: int = 180) -> list[NDArray[np.float32]]:
+    """Cell descriptors of a slow pan over a real photo: most cells move a little every frame."""
+    image = colour_images()[2]
+    geometry = CellGeometry.for_frame(width, height, GRID)
+    out = []
+    for i in range(frames):
+        shift = np.array([[1.0, 0.0, -1.5 * i], [0.0, 1.0, -0.5 * i]])
+        zoomed = cv2.resize(image, (width + 40, height + 30), interpolation=cv2.INTER_AREA)
+        moved = cv2.warpAffine(zoomed, shift, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        out.append(describe_frame(np.ascontiguousarray(moved, dtype=np.uint8), geometry, SPEC))
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_the_cache_answers_what_a_full_search_answers_and_answers_some_cells(k: int) -> None:
+    index = TileIndex(_pool(600), block_rows=256)
+    cache = CandidateCache(index, width=24)
+    for cells in _pan(12):
+        cached_d, cached_i = cache.search(cells, k)
+        full_d, full_i = index.search(cells, k)
+        np.testing.assert_array_equal(cached_i, full_i)
+        np.testing.assert_array_equal(cached_d, full_d)
+    assert 0 < cache.hits < cache.queries
+
+
+def test_the_bound_of_a_full_search_holds_for_every_row_it_did_not_return() -> None:
+    descriptors = _pool(500)
+    index = TileIndex(descriptors, block_rows=128)
+    queries = _pan(1)[0]
+    dist, ids, bound = index.search_bounded(queries, 10)
+    exact = np.sqrt(((descriptors[None].astype(np.float64) - queries[:, None].astype(np.float64)) ** 2).sum(-1))
+    for q in range(queries.shape[0]):
+        others = np.setdiff1d(np.arange(descriptors.shape[0]), ids[q])
+        assert exact[q, others].min() >= bound[q]
+        assert bound[q] >= dist[q, -1] - 1.0  # and it is not vacuous: near the farthest returned
+    np.testing.assert_allclose(dist, np.take_along_axis(exact, ids, axis=1), atol=1e-4)
+
+
+def test_matching_with_and_without_the_cache_chooses_the_same_tiles() -> None:
+    index = TileIndex(_pool(400))
+    frames = _pan(10)
+    for rules in (TileRules(), TileRules(max_uses=2, min_distance=2)):
+        cached = TileMatcher(index, GRID, rules)
+        plain = TileMatcher(index, GRID, rules)
+        plain.cache = None
+        a = [f.grid for f in cached.match(frames[:4]) + cached.match(frames[4:])]
+        b = [f.grid for f in plain.match(frames)]
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+        assert cached.cache is not None and cached.cache.hits > 0
