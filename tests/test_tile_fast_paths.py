@@ -10,6 +10,7 @@ import pytest
 from numpy.typing import NDArray
 
 from fluxframe_render.tile_cache import CandidateCache
+from fluxframe_render.tile_compose import TileComposer
 from fluxframe_render.tile_match import TileIndex, TileMatcher, TileRules
 from fluxframe_render.tile_stages import TileFrames
 from fluxframe_render.tiles import CellGeometry, describe_frame, frame_cells
@@ -119,3 +120,22 @@ def test_frames_decoded_at_the_mosaic_size_describe_cells_as_the_full_frames_do(
 
 def _u8(image: NDArray[np.generic]) -> NDArray[np.uint8]:
     return np.ascontiguousarray(image, dtype=np.uint8)
+
+
+# --- composing -------------------------------------------------------------------------------
+
+
+def test_a_grid_of_one_cell_size_is_composed_cell_by_cell_as_the_general_path_does() -> None:
+    rng = np.random.default_rng(7)
+    atlas = np.stack([atlas_tile(image, SPEC.size) for image in real_images()[:6]])
+    geometry = CellGeometry.for_frame(240, 120, (6, 4))  # 40 x 30 px cells: the uniform path
+    composer = TileComposer(atlas, geometry)
+    for _ in range(2):  # the second frame from the tile cache
+        grid = rng.integers(0, atlas.shape[0], (4, 6)).astype(np.int32)
+        out = composer.compose(grid)
+        for row in range(4):
+            for col in range(6):
+                x0, y0, x1, y1 = geometry.box(row, col)
+                # 40 px wide from 32: enlarged, bilinear (as every tile the composer enlarges)
+                expected = cv2.resize(atlas[grid[row, col]], (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+                np.testing.assert_array_equal(out[y0:y1, x0:x1], expected)
