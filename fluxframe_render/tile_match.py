@@ -88,6 +88,17 @@ class TileFrame:
     distance: NDArray[np.float32]
 
 
+def default_tile_nprobe(nlist: int) -> int:
+    """Lists probed per cell when neither the user nor the bundle says.
+
+    1M bench descriptors, IVF4096, 9,216 cells of the bench clip, nearest tile against the exact
+    one: nprobe 16 picks a tile 0.0024 ΔE farther on average (p99 0.05; "just noticeable" is
+    2.3) for 73 ms of CPU a frame; 32: 0.0003 ΔE for 155 ms; 64 (nlist / 64, the earlier
+    default): 0.0000 for 289 ms. A tile a hundredth of a ΔE off is invisible; the time is not.
+    """
+    return max(16, nlist // 256)
+
+
 @contextmanager
 def search_threads(threads: int = SEARCH_THREADS) -> Iterator[None]:
     """FAISS OpenMP threads for the calling thread's searches (an OpenMP setting is per thread), restored after."""
@@ -132,7 +143,7 @@ class TileIndex:
             if ivf.metric_type != faiss.METRIC_L2:
                 raise UsageError("the tile IVF index must use the L2 metric")
             nlist = int(ivf.nlist)
-            ivf.nprobe = max(1, min(nlist, nprobe or max(16, nlist // 64)))
+            ivf.nprobe = max(1, min(nlist, nprobe or default_tile_nprobe(nlist)))
 
     @classmethod
     def for_bundle(cls, bundle: Bundle, *, nprobe: int | None = None) -> TileIndex:
