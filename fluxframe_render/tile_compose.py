@@ -78,13 +78,30 @@ class TileComposer:
         g = self.geometry
         if grid.shape != (g.rows, g.cols):
             raise ValueError(f"grid of shape {grid.shape}, expected {(g.rows, g.cols)}")
-        out = np.empty((g.height, g.width, 3), dtype=np.uint8)
-        ids = grid.reshape(-1).tolist()
-        for image, (x0, y0, x1, y1) in zip(ids, g.boxes(), strict=True):
-            out[y0:y1, x0:x1] = self.tile(image, x1 - x0, y1 - y0)
+        if g.width % g.cols == 0 and g.height % g.rows == 0:
+            out = self._uniform(grid)
+        else:
+            out = np.empty((g.height, g.width, 3), dtype=np.uint8)
+            ids = grid.reshape(-1).tolist()
+            for image, (x0, y0, x1, y1) in zip(ids, g.boxes(), strict=True):
+                out[y0:y1, x0:x1] = self.tile(image, x1 - x0, y1 - y0)
         if shift is not None:
             out = self._shifted(out, shift)
         return out
+
+    def _uniform(self, grid: NDArray[np.int32]) -> NDArray[np.uint8]:
+        """compose's copy when every cell has one size: the frame viewed as [rows, h, cols, w * 3], each
+        tile copied as h rows of w * 3 bytes (2.1 instead of 6.0 ms of CPU a 32x18 720p frame: the
+        three-axis slice assignment was the cost; np.unique + take was no faster, measured)."""
+        g = self.geometry
+        w, h = g.width // g.cols, g.height // g.rows
+        out = np.empty((g.rows, h, g.cols, w * 3), dtype=np.uint8)
+        for r, ids in enumerate(grid.tolist()):
+            row = out[r]
+            for c, image in enumerate(ids):
+                row[:, c] = self.tile(image, w, h).reshape(h, w * 3)
+        frame: NDArray[np.uint8] = out.reshape(g.height, g.width, 3)
+        return frame
 
     def _shifted(self, frame: NDArray[np.uint8], shift: NDArray[np.float32]) -> NDArray[np.uint8]:
         g = self.geometry

@@ -23,7 +23,7 @@ from fluxframe_render.pipeline import Source, Stage
 from fluxframe_render.select import Choice, FrameRef
 from fluxframe_render.tile_compose import TileComposer, lab_shift
 from fluxframe_render.tile_match import TileMatcher
-from fluxframe_render.tiles import CellGeometry, describe_frame
+from fluxframe_render.tiles import CellGeometry, describe_frame, mosaic_size
 from fluxframe_render.video import FrameReader
 from shared.tiles import TileSpec
 
@@ -51,7 +51,12 @@ class TileFrames(Source[TileBatch]):
     def items(self) -> Iterator[TileBatch]:
         frames: list[FrameRef] = []
         cells: list[NDArray[np.float32]] = []
-        for frame in self.reader:
+        # Cells of one size at least the tile's: the decoder's scaler brings the frame straight to
+        # cols x rows tiles (one swscale pass instead of a 720p BGR picture and an area resize:
+        # decode + describe 17-20 instead of 27 ms of CPU a 1280x720 frame at 32x18, measured).
+        # Its area filter is not OpenCV's: cells differ by 0.25-0.37 ΔE RMS on average (p99 1.1).
+        size = mosaic_size(self.geometry, self.spec.size) if self.geometry.uniform_for(self.spec.size) else None
+        for frame in self.reader.iter(size):
             frames.append(FrameRef(frame.index, frame.source_index, frame.time))
             cells.append(describe_frame(frame.image, self.geometry, self.spec))
             if len(frames) == self.batch:

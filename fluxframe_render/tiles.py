@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from shared.errors import UsageError
-from shared.tiles import Descriptors, TileSpec, describe_tiles
+from shared.tiles import Descriptors, TileSpec, describe_mosaic, describe_tiles
 
 MAX_GRID_SIDE = 1000
 _GRID = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
@@ -72,6 +72,12 @@ class CellGeometry:
     def ys(self) -> NDArray[np.int64]:
         return cell_edges(self.height, self.rows)
 
+    def uniform_for(self, tile_size: int) -> bool:
+        """Cells all of one size, at least ``tile_size`` each way: one area resize of the whole frame
+        gives every cell at the tile size exactly as resizing it alone would (see _uniform_cells)."""
+        uniform = self.width % self.cols == 0 and self.height % self.rows == 0
+        return uniform and self.width // self.cols >= tile_size and self.height // self.rows >= tile_size
+
     def box(self, row: int, col: int) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1) of one cell."""
         return int(self.xs[col]), int(self.ys[row]), int(self.xs[col + 1]), int(self.ys[row + 1])
@@ -85,8 +91,7 @@ def frame_cells(frame: NDArray[np.uint8], geometry: CellGeometry, tile_size: int
     """uint8 [cells, s, s, 3]: each cell of the frame resized to the atlas tile size, row-major."""
     if frame.shape[:2] != (geometry.height, geometry.width):
         raise ValueError(f"frame is {frame.shape[1]}x{frame.shape[0]}, geometry is {geometry.width}x{geometry.height}")
-    uniform = geometry.width % geometry.cols == 0 and geometry.height % geometry.rows == 0
-    if uniform and geometry.width // geometry.cols >= tile_size and geometry.height // geometry.rows >= tile_size:
+    if geometry.uniform_for(tile_size):
         return _uniform_cells(frame, geometry, tile_size)
     out = np.empty((geometry.cells, tile_size, tile_size, 3), dtype=np.uint8)
     for i, (x0, y0, x1, y1) in enumerate(geometry.boxes()):
@@ -114,5 +119,22 @@ def _uniform_cells(frame: NDArray[np.uint8], geometry: CellGeometry, tile_size: 
 
 
 def describe_frame(frame: NDArray[np.uint8], geometry: CellGeometry, tiles: TileSpec) -> Descriptors:
-    """float32 [cells, d]: the colour-layout descriptor of every cell, row-major."""
+    """float32 [cells, d]: the colour-layout descriptor of every cell, row-major.
+
+    A frame already at ``mosaic_size`` (decoded at that size: TileFrames) is described as it is.
+    """
+    if geometry.uniform_for(tiles.size):
+        mosaic = tuple(mosaic_size(geometry, tiles.size))
+        if (frame.shape[1], frame.shape[0]) != mosaic:
+            if frame.shape[:2] != (geometry.height, geometry.width):
+                raise ValueError(
+                    f"frame is {frame.shape[1]}x{frame.shape[0]}, geometry is {geometry.width}x{geometry.height}"
+                )
+            frame = np.asarray(cv2.resize(frame, mosaic, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+        return describe_mosaic(frame, geometry.cols, geometry.rows, tiles.grid)
     return describe_tiles(frame_cells(frame, geometry, tiles.size), tiles.grid)
+
+
+def mosaic_size(geometry: CellGeometry, tile_size: int) -> tuple[int, int]:
+    """(width, height) of the frame cut into cells of exactly the tile size."""
+    return geometry.cols * tile_size, geometry.rows * tile_size

@@ -97,12 +97,40 @@ def describe_tiles(tiles: Tiles, grid: int = DESCRIPTOR_GRID) -> Descriptors:
         return np.zeros((0, grid * grid * LAB_CHANNELS), dtype=np.float32)
     # The tiles stacked as one tall image: one colour conversion and one block-average call
     # instead of n of each (numpy's mean over strided axes cost 1 ms a tile, measured).
-    # INTER_AREA at an integer factor is the exact mean of each side/grid block, and no
-    # block straddles two tiles.
-    flat = np.ascontiguousarray(tiles).reshape(n * side, side, 3).astype(np.float32) * np.float32(1 / 255)
-    lab = cv2.cvtColor(flat, cv2.COLOR_BGR2Lab)
-    means = cv2.resize(lab, (grid, n * grid), interpolation=cv2.INTER_AREA)  # [n * grid, grid, 3]
-    descriptors: Descriptors = np.ascontiguousarray(means.reshape(n, -1) * np.float32(1 / grid), dtype=np.float32)
+    means = _lab_block_means(np.ascontiguousarray(tiles).reshape(n * side, side, 3), (grid, n * grid))
+    return _descriptors(means.reshape(n, -1), grid)
+
+
+def describe_mosaic(image: NDArray[np.uint8], cols: int, rows: int, grid: int = DESCRIPTOR_GRID) -> Descriptors:
+    """``describe_tiles`` of the cols x rows tiles an image of cols x rows tiles is cut into, row-major.
+
+    Bit for bit the same (tested) without cutting the image into tiles first: the colour
+    conversion and the block means of the whole image are the same per-pixel and per-block
+    arithmetic (a 32x18 frame of 32 px tiles: 8 ms instead of 23, measured).
+    """
+    height, width = image.shape[:2]
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 BGR image, got {image.shape} {image.dtype}")
+    if width % cols or height % rows or (width // cols) != (height // rows) or (width // cols) % grid:
+        raise ValueError(f"a {width}x{height} image is not {cols}x{rows} square tiles of a multiple of {grid} px")
+    means = _lab_block_means(image, (cols * grid, rows * grid))  # [rows * grid, cols * grid, 3]
+    cells = means.reshape(rows, grid, cols, grid, LAB_CHANNELS).transpose(0, 2, 1, 3, 4)
+    return _descriptors(cells.reshape(rows * cols, -1), grid)
+
+
+def _lab_block_means(image: NDArray[np.uint8], blocks: tuple[int, int]) -> NDArray[np.float32]:
+    """Mean float CIELAB of the image's blocks: float32 [blocks down, blocks across, 3].
+
+    INTER_AREA at an integer factor is the exact mean of each block (no block straddles two tiles).
+    """
+    lab = cv2.cvtColor(image.astype(np.float32) * np.float32(1 / 255), cv2.COLOR_BGR2Lab)
+    means = np.asarray(cv2.resize(lab, blocks, interpolation=cv2.INTER_AREA), dtype=np.float32)
+    return means
+
+
+def _descriptors(means: NDArray[np.float32], grid: int) -> Descriptors:
+    """[n, grid * grid * 3] block means scaled by 1 / grid: L2 between two is the RMS ΔE over the blocks."""
+    descriptors: Descriptors = np.ascontiguousarray(means * np.float32(1 / grid), dtype=np.float32)
     return descriptors
 
 
