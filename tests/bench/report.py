@@ -112,11 +112,11 @@ def readme_section(results: dict[str, Any]) -> str:
     )
 
 
-def limits_section(results: dict[str, Any], names: tuple[str, ...]) -> str:
+def limits_section(results: dict[str, Any], names: tuple[str, ...], group: str = "render") -> str:
     """The rows that set a phase beside its limit in one run (ratios: they hold even on a quick run)."""
     m = results["machine"]
     rows = [r for g in results["groups"].values() for r in g["rows"] if r["name"] in names]
-    how = "`python -m tests.bench.run --only render" + (" --quick`" if results.get("quick") else "`")
+    how = f"`python -m tests.bench.run --only {group}" + (" --quick`" if results.get("quick") else "`")
     return "\n".join(
         [
             f"Measured by {how} on {m['cpu']}, {m['cores']} cores, {m['date']}; each ratio from one run, "
