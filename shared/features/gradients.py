@@ -6,7 +6,7 @@ numpy arrays of a few hundred images fall out of cache and were 3-5x slower.
 
 from __future__ import annotations
 
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import cv2
 import numpy as np
@@ -47,19 +47,42 @@ class Gradients:
         return np.asarray(np.sqrt(squared), dtype=np.float32)
 
     def orientation_bins(self, bins: int, at: NDArray[np.intp] | None = None) -> NDArray[np.intp]:
-        """Unsigned orientation (0..180 degrees) quantised to ``bins`` bins: of every pixel ([h, w]),
+        """Unsigned orientation (0..180 degrees) in ``bins`` equal bins: of every pixel ([h, w]),
         or only of the pixels at the flat indices ``at`` (1-d)."""
         if at is None:
-            dx, dy = self._dx, self._dy
-        else:
-            # The edge pixels' derivatives alone: a tenth of the pixels, indexed once.
-            dx = self.dx16.ravel()[at].astype(np.float32)
-            dy = self.dy16.ravel()[at].astype(np.float32)
-        if dx.size == 0:
-            return np.zeros(dx.shape, dtype=np.intp)
-        radians = np.arctan2(dy, dx)  # (-pi, pi]; numpy for the reason given at magnitude
-        b = np.floor(radians * np.float32(bins / np.pi)).astype(np.intp)  # -bins..bins
-        return np.asarray(b % bins, dtype=np.intp)  # unsigned: an angle and its opposite share a bin
+            # Every pixel (HOG): OpenCV's SIMD arctangent, 40x numpy's, as since the first version.
+            _, degrees = cv2.cartToPolar(self._dx, self._dy, angleInDegrees=True)
+            b = (np.asarray(degrees, dtype=np.float32) * np.float32(bins / 180.0)).astype(np.intp)
+            return np.asarray(b % bins, dtype=np.intp)
+        return _bins_by_tangents(self.dx16.ravel()[at], self.dy16.ravel()[at], bins)
+
+
+def _bins_by_tangents(dx16: NDArray[np.int16], dy16: NDArray[np.int16], bins: int) -> NDArray[np.intp]:
+    """Unsigned orientation bins of a few pixels (Canny edges, a tenth of them) without trigonometry.
+
+    The gradient is turned into the upper half-plane and its angle within its quadrant
+    placed by comparing |dy| with tan(boundary) * |dx| for each boundary below 90 degrees:
+    products of exact integers by constants, the same at any memory alignment (OpenCV's
+    float kernels are not, see ``Gradients.magnitude``), and cheaper than numpy's arctan2.
+    """
+    dx, dy = dx16.astype(np.float32), dy16.astype(np.float32)
+    # An angle and its opposite share a bin: (dx, dy) with dy < 0 (or dy = 0, dx < 0) turns half a circle.
+    turn = (dy < 0) | ((dy == 0) & (dx < 0))
+    right = np.where(turn, -dx, dx) >= 0  # angle within [0, 90] degrees, else (90, 180)
+    across, up = np.abs(dx), np.abs(dy)
+    steps = np.zeros(dx.shape, dtype=np.intp)  # bin boundaries at or below the angle within its quadrant
+    for tangent in _boundary_tangents(bins):
+        steps += up >= tangent * across
+    if bins % 2 == 0:
+        steps += across == 0  # the boundary at 90 degrees, reached by vertical gradients alone
+    return np.where(right, steps, bins - 1 - steps)
+
+
+@lru_cache(maxsize=8)
+def _boundary_tangents(bins: int) -> tuple[np.float32, ...]:
+    """tan of every bin boundary k * 180 / bins degrees below 90."""
+    width = 180.0 / bins
+    return tuple(np.float32(np.tan(np.radians(k * width))) for k in range(1, bins) if k * width < 90.0)
 
 
 def gray_of(image: Image) -> NDArray[np.uint8]:
