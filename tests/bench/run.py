@@ -45,7 +45,15 @@ from tests.bench import (
     tile_group,
 )
 from tests.bench.common import Context, Row, load_average, rows_as_dicts
-from tests.bench.report import limits_section, machine, readme_section, text_table, update_readme
+from tests.bench.report import (
+    current_section,
+    keep_other_groups,
+    limits_section,
+    machine,
+    readme_section,
+    text_table,
+    update_readme,
+)
 
 
 def update_group(ctx: Context) -> None:
@@ -156,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         # A quick run's small sizes would replace the whole table with figures not to quote:
         # it writes only the limits section, whose ratios come from one run.
         if not args.quick:
-            if update_readme(args.readme, readme_section(results)):
+            section = keep_other_groups(
+                readme_section(results), current_section(args.readme), set(ordered), list(GROUPS)
+            )
+            if update_readme(args.readme, section):
                 print(f"updated the bench section of {args.readme}")
             else:
                 print(f"{args.readme} has no <!-- bench:start --> ... <!-- bench:end --> section; left unchanged")
