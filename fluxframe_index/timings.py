@@ -5,6 +5,8 @@ the comparison size, features, tiles; waiting is worker time spent on none of th
 start-up and the last chunks' imbalance), write (workers' shard files + assembling the
 bundle's files), seal (rejected table, IVF index, manifest, swap into place). Worker
 seconds are summed over workers, as clip-retrieval's runner sums its per-batch stage times.
+Every build, update and merge writes them to the bundle's build summary (fluxframe_index.summary);
+``ff-index build --timings`` prints them.
 """
 
 from __future__ import annotations
