@@ -177,6 +177,8 @@ def build_bundle(
 class PoolSource:
     """Every file of a pool scan, extracted in chunks; the bundle's rows are the shards' in scan order."""
 
+    kind = "build"
+
     def __init__(self, pool: Path, scan: ScanResult, options: BuildOptions) -> None:
         self.pool = pool
         self.scan = scan

@@ -62,6 +62,8 @@ def merge_bundles(
 class MergeSource:
     """The input bundles' rows, re-rooted at their pools' common folder and sorted by path."""
 
+    kind = "merge"
+
     def __init__(self, bundles: list[Bundle], index_kind: str, ivf_nlist: int | None) -> None:
         first = bundles[0]
         for other in bundles[1:]:

@@ -3,7 +3,8 @@
 Shaped like clip-retrieval's reader / mapper / writer / runner: a :class:`Source` says what
 to extract (a pool scan, an update's changed files, nothing for a merge) and which rows the
 bundle gets in which order; this module runs the tasks (joblib backend, resumable shards),
-streams the rows into the bundle's files, and seals it. Every stage is timed.
+streams the rows into the bundle's files, and seals it. Every stage is timed, and the timings are
+written beside the sealed bundle as its build summary (fluxframe_index.summary).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from fluxframe_index.runner import run_tasks
 from fluxframe_index.scan import ScanRejection
 from fluxframe_index.seal import BundleDescription, seal_bundle
 from fluxframe_index.staging import discard_staging, fresh_work_dir, prepare_staging, staging_dir
+from fluxframe_index.summary import write_build_summary
 from fluxframe_index.timings import BuildTimings
 from shared.bundle import Manifest
 from shared.errors import InputError
@@ -36,6 +38,8 @@ class Rows:
 
 
 class Source(Protocol):
+    kind: str  # "build", "update" or "merge": named in the bundle's build summary
+
     def plan(self) -> dict[str, Any]:
         """What the staging folder is made for: a folder left by another plan is discarded, not resumed."""
         ...
@@ -115,4 +119,5 @@ def run_source(
         progress=settings.progress,
     )
     discard_staging(stage)
+    write_build_summary(dest, manifest, timings, kind=source.kind, rejected=len(rows.rejected), resumed_shards=resumed)
     return Sealed(manifest, rows.count, rows.rejected, resumed)

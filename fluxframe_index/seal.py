@@ -3,9 +3,10 @@
 What a bundle was asked to be (its request) is described here once, so the up-to-date
 check of a build and a merge's manifest say it the same way.
 
-How long each stage took is kept out of the bundle: two builds of the same pool give
-manifests that differ only in created_at, and a bundle holds only sealed files. The
-timings travel in the BuildResult (ff-index build --timings prints them).
+How long each stage took is kept out of the sealed content: two builds of the same pool
+give manifests that differ only in created_at. The timings travel in the BuildResult
+(ff-index build --timings prints them) and in the build summary written beside the
+sealed files once they are in place (fluxframe_index.summary).
 """
 
 from __future__ import annotations

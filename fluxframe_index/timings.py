@@ -5,6 +5,8 @@ the comparison size, features, tiles; waiting is worker time spent on none of th
 start-up and the last chunks' imbalance), write (workers' shard files + assembling the
 bundle's files), seal (rejected table, IVF index, manifest, swap into place). Worker
 seconds are summed over workers, as clip-retrieval's runner sums its per-batch stage times.
+Every build, update and merge writes them to the bundle's build summary (fluxframe_index.summary);
+``ff-index build --timings`` prints them.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ class BuildTimings:
     extract_parts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(EXTRACT_PARTS, 0.0))
     jobs: int = 1
     worker_write_s: float = 0.0  # shard files written by the workers (part of the write stage)
+    started: float = field(default_factory=time.perf_counter)  # when the build, update or merge began
+    images_extracted: int = 0  # images this run decoded (resumed shards and kept rows not counted)
+
+    def wall_s(self) -> float:
+        """Seconds since the run began."""
+        return time.perf_counter() - self.started
 
     @contextlib.contextmanager
     def busy(self, stage: str) -> Iterator[None]:
@@ -57,6 +65,7 @@ class BuildTimings:
         self.stages["extract"].busy_s += sum(parts.values())
         self.stages["write"].busy_s += stats.write_s
         self.worker_write_s += stats.write_s
+        self.images_extracted += stats.images
 
     def close_extract(self, wall_s: float) -> None:
         """Record as waiting the worker time the extraction's ``wall_s`` offered and no chunk used."""
@@ -81,6 +90,8 @@ class BuildTimings:
     def to_dict(self) -> dict[str, Any]:
         return {
             "jobs": self.jobs,
+            "wall_s": round(self.wall_s(), 4),
+            "images_extracted": self.images_extracted,
             "stages": {
                 name: {"busy_s": round(t.busy_s, 4), "waiting_s": round(t.waiting_s, 4)}
                 for name, t in self.stages.items()

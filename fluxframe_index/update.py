@@ -159,6 +159,8 @@ class UpdateSource:
     """An update's changed files (plus, for a bundle without this tile data, its kept files' tiles only);
     the rows are the kept ones from the old bundle and the fresh ones from the shards, in scan order."""
 
+    kind = "update"
+
     def __init__(self, pool: Path, old: Bundle, scan: ScanResult, changes: PoolChanges, options: BuildOptions) -> None:
         self.pool = pool
         self.old = old

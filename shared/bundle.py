@@ -57,6 +57,10 @@ INDEX = "index.faiss"
 ATLAS = "atlas.npy"
 TILES = "tiles.npy"
 TILE_INDEX = "tiles.faiss"  # L2 IVF over tiles.npy, in bundles built with --index ivf
+# How the last build, update or merge of the bundle went (stage timings): written beside the
+# sealed files after the swap, never listed in the manifest, because it differs run to run
+# while identical builds must seal identical bytes.
+BUILD_SUMMARY = "build-summary.json"
 
 IMAGES_SCHEMA = pa.schema(
     [
@@ -271,7 +275,7 @@ def finalize_bundle(
     """
     files = {}
     for path in sorted(work_dir.iterdir()):
-        if path.is_file() and path.name != MANIFEST and not path.name.startswith("."):
+        if path.is_file() and path.name not in (MANIFEST, BUILD_SUMMARY) and not path.name.startswith("."):
             files[path.name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
     manifest = Manifest(
         format_version=FORMAT_VERSION,

@@ -44,6 +44,7 @@ __all__ = [
     "probe_dimensions",
     "read_header",
     "read_image_bytes",
+    "resize_smoothly",
     "simplejpeg_available",
     "sniff_format",
 ]
@@ -166,10 +167,34 @@ def prepare_image(image: Image, size: tuple[int, int]) -> Image:
     crop_h, crop_w = crop.shape[:2]
     if (crop_w, crop_h) == (w, h):
         return np.ascontiguousarray(crop)
-    # INTER_AREA averages every source pixel when shrinking (no aliasing); it degenerates to
-    # nearest-neighbour blocks when enlarging, where bilinear is the better cheap choice.
-    interpolation = cv2.INTER_AREA if crop_w >= w and crop_h >= h else cv2.INTER_LINEAR
-    return cast(Image, cv2.resize(crop, (w, h), interpolation=interpolation))
+    return resize_smoothly(crop, (w, h))
+
+
+# Shrink factor up to which bilinear sees every source pixel: each output pixel then spans at
+# most two source pixels per axis, which are bilinear's two taps (at exactly 2 it is their mean).
+BILINEAR_MAX_SHRINK = 2
+
+
+def resize_smoothly(image: Image, size: tuple[int, int]) -> Image:
+    """Resize to exactly size = (w, h) without aliasing, as INTER_AREA would, at a fraction of its cost.
+
+    INTER_AREA at a non-integer factor costs 4-5x bilinear (0.67 vs 0.13 ms for the 1-2x
+    shrink to 256x144 after DCT scaling, measured on the bench pool: a fifth of a build's
+    worker time). So: bilinear up to a 2x shrink (and when enlarging, where INTER_AREA
+    degenerates to nearest-neighbour blocks). A larger shrink first takes INTER_AREA's fast
+    path, the exact mean of j x j blocks with j = ceil(factor / 2), so that bilinear is left
+    at most 2x; to make j divide the sides, up to j - 1 edge pixels are cropped, centred
+    (under 1/64 of the side for a 32 px atlas tile, less for larger sizes).
+    """
+    w, h = size
+    factor = min(image.shape[1] / w, image.shape[0] / h)
+    if factor > BILINEAR_MAX_SHRINK:
+        j = math.ceil(factor / BILINEAR_MAX_SHRINK)
+        ih, iw = image.shape[:2]
+        y, x = (ih % j) // 2, (iw % j) // 2
+        blocks = image[y : y + ih - ih % j, x : x + iw - iw % j]
+        image = cast(Image, cv2.resize(blocks, (iw // j, ih // j), interpolation=cv2.INTER_AREA))
+    return cast(Image, cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR))
 
 
 def decode_image(

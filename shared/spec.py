@@ -14,7 +14,7 @@ from shared.errors import UsageError
 from shared.hashing import canonical_json, sha256_json
 
 # Bump when the feature code changes the vectors it produces for the same spec.
-FEATURE_CODE_VERSION = 2
+FEATURE_CODE_VERSION = 3  # 3: texture bins from the log magnitude, bilinear/fast-area resizing (issue #14)
 
 CLASSIC_METHODS = ("canny", "spatial_pyramid", "hog", "spatial_color")
 NEURAL_METHODS = ("mobilenet", "efficientnet")

@@ -17,7 +17,9 @@ from fluxframe_index.build import BuildOptions, build_bundle
 from shared.bundle import open_bundle
 from shared.features.base import Extractor, block_slices, weight_query
 from shared.features.classic import hog_geometry
+from shared.features.gradients import Gradients
 from shared.features.registry import create_extractor, method_info
+from shared.features.texture import magnitude_bins
 from shared.images import decode_image, load_prepared, prepare_image
 from shared.search import Searcher
 from shared.spec import FeatureSpec
@@ -284,3 +286,63 @@ def test_extractors_refuse_images_of_another_size(extractors: dict[str, Extracto
     for extractor in extractors.values():
         with pytest.raises(ValueError, match="expects 256x144"):
             extractor.extract([wrong])
+
+
+# --- the gradient primitives -------------------------------------------------------------------
+
+
+def _gradients(dx: NDArray[np.int16], dy: NDArray[np.int16]) -> Gradients:
+    return Gradients(np.zeros(dx.shape, dtype=np.uint8), dx, dy)
+
+
+@pytest.mark.parametrize("bins", [8, 9])
+def test_orientation_bins_of_edge_pixels_and_of_all_pixels_are_the_unsigned_angle(bins: int) -> None:
+    rng = np.random.default_rng(5)
+    dx = rng.integers(-1020, 1021, (144, 256)).astype(np.int16)
+    dy = rng.integers(-1020, 1021, (144, 256)).astype(np.int16)
+    degrees = np.degrees(np.arctan2(dy.astype(np.float64), dx.astype(np.float64))) % 180.0
+    expected = (degrees // (180.0 / bins)).astype(np.intp) % bins
+    # Angles within a hair of a bin boundary may fall either side; every other pixel must agree.
+    clear = np.abs(degrees / (180.0 / bins) - np.round(degrees / (180.0 / bins))) > 1e-3
+    grads = _gradients(dx, dy)
+    every = grads.orientation_bins(bins)
+    np.testing.assert_array_equal(every[clear], expected[clear])
+    at = np.flatnonzero(rng.random(dx.size) < 0.1)  # the tangent comparisons, used for Canny's edge pixels
+    some = grads.orientation_bins(bins, at=at)
+    np.testing.assert_array_equal(some[clear.ravel()[at]], expected.ravel()[at][clear.ravel()[at]])
+    # Opposite gradients share a bin.
+    np.testing.assert_array_equal(some, _gradients(-dx, -dy).orientation_bins(bins, at=at))
+
+
+def test_magnitude_is_the_correctly_rounded_root_wherever_the_arrays_live() -> None:
+    # OpenCV's float magnitude is approximate (it differs from the rounded root on ~30 % of such
+    # pixels) and gave an ulp more or less for the same pixels at another memory alignment: a
+    # picture's vector must not depend on where its arrays were allocated.
+    rng = np.random.default_rng(6)
+    dx = rng.integers(-1020, 1021, (144, 256)).astype(np.int16)
+    dy = rng.integers(-1020, 1021, (144, 256)).astype(np.int16)
+    reference = _gradients(dx, dy)
+    exact = np.sqrt(dx.astype(np.float64) ** 2 + dy.astype(np.float64) ** 2).astype(np.float32)
+    np.testing.assert_array_equal(reference.magnitude, exact)
+    for offset in range(2, 64, 2):
+        buffer = np.zeros(2 * dx.nbytes + 64, dtype=np.uint8)
+        moved_dx = buffer[offset : offset + dx.nbytes].view(np.int16).reshape(dx.shape)
+        moved_dy = buffer[offset + dx.nbytes : offset + 2 * dx.nbytes].view(np.int16).reshape(dy.shape)
+        moved_dx[...], moved_dy[...] = dx, dy
+        moved = _gradients(moved_dx, moved_dy)
+        np.testing.assert_array_equal(moved.magnitude, reference.magnitude)
+        np.testing.assert_array_equal(magnitude_bins(moved, 16), magnitude_bins(reference, 16))
+
+
+def test_texture_bins_are_log_spaced_from_4_to_1200() -> None:
+    magnitude = np.linspace(0, 1500, 150_001, dtype=np.float32)
+    grads = _gradients(np.zeros(1, dtype=np.int16), np.zeros(1, dtype=np.int16))
+    grads.__dict__["magnitude"] = magnitude  # the cached property, set to the magnitudes under test
+    bins = magnitude_bins(grads, 16).astype(np.int64)
+    assert (np.diff(bins) >= 0).all() and set(bins.tolist()) == set(range(16))
+    assert bins[magnitude < 4].max() == 0 and bins[magnitude >= 1200].min() == 15
+    # Equal ratios, equal bins: each inner bin spans 300 ** (1/14) = 1.50x, within the 0.09-octave
+    # piecewise-linear log of the float's bit pattern.
+    starts = [float(magnitude[np.argmax(bins == b)]) for b in range(1, 16)]
+    ratios = np.array(starts[1:]) / np.array(starts[:-1])
+    assert np.all(np.abs(np.log2(ratios) - np.log2(300 ** (1 / 14))) < 0.2)

@@ -31,6 +31,7 @@ from shared.images import (
     probe_dimensions,
     read_header,
     read_image_bytes,
+    resize_smoothly,
     sniff_format,
 )
 from tests.hostile.make_pool import STORED_FOR
@@ -506,3 +507,29 @@ def test_prepare_image_content_is_the_centre_crop() -> None:
     assert mad(prepared, expected) == 0.0
     same = prepare_image(landscape[:, 100:500], (400, 400))
     assert np.array_equal(same, landscape[:, 100:500])
+
+
+# --- resize_smoothly: INTER_AREA's result at bilinear's cost -------------------------------------
+
+
+@pytest.mark.parametrize("factor", [1.3, 2.0, 3.7, 10.8])
+def test_resize_smoothly_stays_close_to_inter_area_on_a_photo(factor: float) -> None:
+    picture = bgr(rgb("astronaut"))
+    size = (round(picture.shape[1] / factor), round(picture.shape[0] / factor))
+    area = cv2.resize(picture, size, interpolation=cv2.INTER_AREA).astype(np.int16)
+    smooth = resize_smoothly(picture, size)
+    assert smooth.shape == (size[1], size[0], 3) and smooth.dtype == np.uint8
+    # Within a few grey levels (above 2x the centred crop of up to j - 1 edge pixels adds a shift).
+    assert np.abs(smooth.astype(np.int16) - area).mean() < (1.0 if factor <= 2 else 4.0)
+
+
+@pytest.mark.parametrize("factor", [3.7, 10.8])
+def test_resize_smoothly_does_not_alias_fine_stripes(factor: float) -> None:
+    # One-pixel stripes shrunk by more than 2x: a plain bilinear resize samples mostly one colour
+    # per output pixel (grey levels spread by ~70), an averaging resize gives an even grey.
+    stripes = np.zeros((300, 740, 3), dtype=np.uint8)
+    stripes[:, ::2] = 255
+    size = (int(740 / factor), int(300 / factor))
+    assert cv2.resize(stripes, size, interpolation=cv2.INTER_LINEAR).std() > 50  # the trap is real
+    smooth = resize_smoothly(stripes, size)
+    assert smooth.std() < 10 and abs(float(smooth.mean()) - 127.5) < 10

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -173,3 +174,30 @@ def rows_as_dicts(rows: list[Row]) -> list[dict[str, Any]]:
 
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+Speed = Callable[[dict[str, Any]], float]
+
+
+def best_pairs(
+    limit: Callable[[], dict[str, Any]],
+    phase: Callable[[], dict[str, Any] | None],
+    limit_speed: Speed,
+    phase_speed: Speed,
+    repeats: int,
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """A limit and the phase it bounds, measured alternately ``repeats`` times; the fastest of each
+    (None when the phase could not be measured).
+
+    Other developers' work comes and goes on this machine: alternating gives both sides
+    the same chances, and the fastest run of each is the one least disturbed.
+    """
+    limits: list[dict[str, Any]] = []
+    phases: list[dict[str, Any]] = []
+    for _ in range(repeats):
+        limits.append(limit())
+        measured = phase()
+        if measured is None:
+            return None
+        phases.append(measured)
+    return max(limits, key=limit_speed), max(phases, key=phase_speed)

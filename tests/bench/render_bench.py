@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from shared.features.base import normalize_weights, weight_query
 from shared.images import load_prepared, prepare_image
 from shared.search import exact_search
 from tests.bench import data
-from tests.bench.common import Context, Row, at_least, at_most, child_dict, size_label
+from tests.bench.common import Context, Row, at_least, at_most, best_pairs, child_dict, size_label
 from tests.bench.isolate import ChildFailed
 from tests.bench.search_bench import bench_root, synthetic_bundles
 from tests.media import make_test_video
@@ -217,31 +216,13 @@ def _stage_note(timings: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v['busy_s']:.1f}/{v['waiting_s']:.1f}" for k, v in stages.items())
 
 
-PairSpeed = Callable[[dict[str, Any]], float]
+def _limit_fps(r: dict[str, Any]) -> float:
+    return float(r["fps"])
 
 
 def _phase_fps(r: dict[str, Any], phases: tuple[str, ...]) -> float:
     """Frames per second of a render's phases, from the seconds its results.json records."""
     return float(r["frames"] / sum(r["timings"][p]["seconds"] for p in phases))
-
-
-def _best_pairs(
-    limit: Callable[[], dict[str, Any]], phase: Callable[[], dict[str, Any] | None], speed: PairSpeed
-) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """The limit and the phase measured alternately LIMIT_REPEATS times; the fastest of each.
-
-    Other developers' work comes and goes on this machine: alternating gives both sides
-    the same chances, and the fastest run of each is the one least disturbed.
-    """
-    limits: list[dict[str, Any]] = []
-    phases: list[dict[str, Any]] = []
-    for _ in range(LIMIT_REPEATS):
-        limits.append(limit())
-        measured = phase()
-        if measured is None:
-            return None
-        phases.append(measured)
-    return max(limits, key=lambda r: float(r["fps"])), max(phases, key=speed)
 
 
 def _limits(ctx: Context, figures: dict[str, Any]) -> None:
@@ -263,7 +244,7 @@ def _limits(ctx: Context, figures: dict[str, Any]) -> None:
         ctx.log("render --skip-output")
         return _render(ctx, clip, bundle, "limit-match", skip_output=True, verify=False, seed=1)
 
-    pair = _best_pairs(decode, match_only, lambda r: _phase_fps(r, ("match",)))
+    pair = best_pairs(decode, match_only, _limit_fps, lambda r: _phase_fps(r, ("match",)), LIMIT_REPEATS)
     if pair is not None:
         decoded, matched = pair
         match = matched["timings"]["match"]
@@ -333,7 +314,7 @@ def _e2e_vs_encoder(
         return _render(ctx, clip, bundle, "limit-e2e", seed=1, verify=False, **options)
 
     try:
-        pair = _best_pairs(encode, end_to_end, _elapsed_fps)
+        pair = best_pairs(encode, end_to_end, _limit_fps, _elapsed_fps, LIMIT_REPEATS)
     finally:
         kept.unlink(missing_ok=True)
     if pair is None:

@@ -112,11 +112,11 @@ def readme_section(results: dict[str, Any]) -> str:
     )
 
 
-def limits_section(results: dict[str, Any], names: tuple[str, ...]) -> str:
+def limits_section(results: dict[str, Any], names: tuple[str, ...], group: str = "render") -> str:
     """The rows that set a phase beside its limit in one run (ratios: they hold even on a quick run)."""
     m = results["machine"]
     rows = [r for g in results["groups"].values() for r in g["rows"] if r["name"] in names]
-    how = "`python -m tests.bench.run --only render" + (" --quick`" if results.get("quick") else "`")
+    how = f"`python -m tests.bench.run --only {group}" + (" --quick`" if results.get("quick") else "`")
     return "\n".join(
         [
             f"Measured by {how} on {m['cpu']}, {m['cores']} cores, {m['date']}; each ratio from one run, "
@@ -125,6 +125,38 @@ def limits_section(results: dict[str, Any], names: tuple[str, ...]) -> str:
             markdown_table(rows),
         ]
     )
+
+
+def keep_other_groups(section: str, previous: str, measured: set[str], order: list[str]) -> str:
+    """``section``'s table plus the rows of ``previous`` (the README's current bench section) whose
+    group has no figures in this run, in ``order``: a run with a fresh --out folder and --only some
+    groups refreshes those groups' rows and keeps the others' instead of dropping them."""
+    kept = [line for line in previous.splitlines() if _row_group(line) not in (None, *measured)]
+    if not kept:
+        return section
+    lines = section.splitlines()
+    rows = [line for line in lines if _row_group(line) is not None]
+    rank = {name: i for i, name in enumerate(order)}
+    merged = sorted(rows + kept, key=lambda line: rank.get(_row_group(line) or "", len(order)))
+    head = [line for line in lines if _row_group(line) is None]
+    names = ", ".join(sorted({_row_group(line) or "" for line in kept}))
+    head[0] += f" Rows of groups not measured in this run ({names}) are from earlier runs."
+    return "\n".join(head + merged)
+
+
+def _row_group(line: str) -> str | None:
+    """The group of a bench table row; None for any other line (text, the table's head)."""
+    cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("| ") else []
+    return cells[0] if cells and cells[0] not in (COLUMNS[0], "") and not set(cells[0]) <= {"-"} else None
+
+
+def current_section(readme: Path, name: str | None = None) -> str:
+    """What lies between the markers of the README's section (empty when there is none)."""
+    start, end = markers(name)
+    text = readme.read_text(encoding="utf-8") if readme.exists() else ""
+    if start not in text or end not in text:
+        return ""
+    return text[text.index(start) + len(start) : text.index(end)]
 
 
 def markers(name: str | None = None) -> tuple[str, str]:

@@ -2,7 +2,8 @@
 
 Groups (``--only build,search,render,neural``; all by default):
 
-- build: ff-index img/s per classic method with --jobs 1 and 2, decode share, peak RSS at 5k and 20k;
+- build: canny --jobs 2 beside decoding the same files alone (side by side), ff-index img/s per classic
+  method with --jobs 1 and 2, decode share, peak RSS at 5k and 20k (timings from the bundles' build summaries);
 - search: bundle open, exact and IVF ms/frame, IVF recall@10, no-repeat cost (20k, 100k; --large: 500k, 1M),
   and IVF recall with the clip's frames as queries (20k real JPEGs; --large: 500k, 1M);
 - render: ff-render matching ms/frame and end-to-end frames/s on a 720p clip;
@@ -44,7 +45,15 @@ from tests.bench import (
     tile_group,
 )
 from tests.bench.common import Context, Row, load_average, rows_as_dicts
-from tests.bench.report import limits_section, machine, readme_section, text_table, update_readme
+from tests.bench.report import (
+    current_section,
+    keep_other_groups,
+    limits_section,
+    machine,
+    readme_section,
+    text_table,
+    update_readme,
+)
 
 
 def update_group(ctx: Context) -> None:
@@ -155,14 +164,19 @@ def main(argv: list[str] | None = None) -> int:
         # A quick run's small sizes would replace the whole table with figures not to quote:
         # it writes only the limits section, whose ratios come from one run.
         if not args.quick:
-            if update_readme(args.readme, readme_section(results)):
+            section = keep_other_groups(
+                readme_section(results), current_section(args.readme), set(ordered), list(GROUPS)
+            )
+            if update_readme(args.readme, section):
                 print(f"updated the bench section of {args.readme}")
             else:
                 print(f"{args.readme} has no <!-- bench:start --> ... <!-- bench:end --> section; left unchanged")
-        if "render" in ordered and update_readme(
-            args.readme, limits_section(results, render_bench.LIMIT_ROWS), render_bench.LIMITS_SECTION
+        for group, names, section in (
+            ("render", render_bench.LIMIT_ROWS, render_bench.LIMITS_SECTION),
+            ("build", build_bench.LIMIT_ROWS, build_bench.LIMITS_SECTION),
         ):
-            print(f"updated the {render_bench.LIMITS_SECTION} section of {args.readme}")
+            if group in ordered and update_readme(args.readme, limits_section(results, names, group), section):
+                print(f"updated the {section} section of {args.readme}")
     missed = [r for r in all_rows if r["met"] is False]
     if missed:
         print(f"{len(missed)} target(s) missed: " + "; ".join(f"{r['name']} ({r['setting']})" for r in missed))

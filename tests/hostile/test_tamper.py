@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.bundle import MANIFEST, open_bundle, parse_manifest, verify_bundle
+from shared.bundle import BUILD_SUMMARY, MANIFEST, open_bundle, parse_manifest, verify_bundle
 from shared.errors import EXIT_BUNDLE, BundleError, ImageDecodeError
 from shared.images import BACKGROUND_GREY
 from tests.hostile.bundles import (
@@ -42,7 +42,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def bundle_files(bundle: Path) -> list[str]:
-    return sorted(p.name for p in bundle.iterdir())
+    """The sealed files (and the manifest): everything but the build summary, which is not sealed."""
+    return sorted(p.name for p in bundle.iterdir() if p.name != BUILD_SUMMARY)
 
 
 def test_the_untouched_bundle_verifies(bundle: Path) -> None:
@@ -61,6 +62,20 @@ def test_the_untouched_bundle_verifies(bundle: Path) -> None:
     verify_bundle(bundle)
     result = run("ff-index", ["verify", bundle])
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr
+    # Beside them, the build summary (stage timings, different every run, so never sealed).
+    assert (bundle / BUILD_SUMMARY).is_file()
+
+
+def test_the_build_summary_is_outside_what_verify_checks(bundle: Path, tmp_path: Path) -> None:
+    # Its timings differ run to run while identical builds seal identical bytes: it is not part of
+    # the bundle's identity, so changing or deleting it leaves a bundle that verifies and opens.
+    changed = copy_bundle(bundle, tmp_path / "changed")
+    flip_byte(changed / BUILD_SUMMARY, 0)
+    removed = copy_bundle(bundle, tmp_path / "removed")
+    (removed / BUILD_SUMMARY).unlink()
+    for copy in (changed, removed):
+        assert verify_bundle(copy).bundle_id == verify_bundle(bundle).bundle_id
+        open_bundle(copy, verify=True)
 
 
 def test_a_flipped_byte_in_any_data_file_is_named_by_verify_and_open(bundle: Path, tmp_path: Path) -> None:

@@ -1,0 +1,36 @@
+"""make bench's README section: a run of some groups refreshes their rows and keeps the others'."""
+
+from __future__ import annotations
+
+from tests.bench.report import keep_other_groups, markdown_table
+
+ORDER = ["build", "search", "render"]
+
+
+def row(group: str, name: str, shown: str) -> dict[str, object]:
+    return {
+        "group": group,
+        "name": name,
+        "setting": "s",
+        "shown": shown,
+        "target": "",
+        "status": "",
+        "note": "",
+        "value": 1,
+    }
+
+
+def section(rows: list[dict[str, object]]) -> str:
+    return "\n".join(["Measured by `make bench` on a CPU.", "", markdown_table(rows)])
+
+
+def test_rows_of_groups_not_run_are_kept_in_group_order_and_the_run_groups_replaced() -> None:
+    previous = section([row("build", "canny img/s", "546"), row("search", "exact", "0.17"), row("render", "e2e", "39")])
+    fresh = section([row("build", "canny img/s", "900"), row("build", "canny build / decode alone", "0.6")])
+    merged = keep_other_groups(fresh, previous, {"build"}, ORDER).splitlines()
+    body = [line for line in merged if line.startswith("| ") and not line.startswith("| Group")]
+    assert [line.split("|")[1].strip() for line in body] == ["build", "build", "search", "render"]
+    assert "546" not in "\n".join(merged) and "| 900 |" in body[0]
+    assert merged[0].endswith("Rows of groups not measured in this run (render, search) are from earlier runs.")
+    # Nothing to keep: the section is the run's own.
+    assert keep_other_groups(fresh, previous, {"build", "search", "render"}, ORDER) == fresh
