@@ -19,6 +19,8 @@ import numpy as np
 import skimage.data
 from numpy.typing import NDArray
 
+from shared.tiles import DEFAULT_TILE_SIZE, atlas_tile
+
 Image = NDArray[np.uint8]
 
 # Colour photographs bundled with scikit-image 0.26 (the others need a pooch download).
@@ -259,3 +261,17 @@ def copy_tree(source: Path, dest: Path) -> Path:
     """A private copy of a pool or bundle folder that a test may change (mtimes kept)."""
     shutil.copytree(source, dest, copy_function=shutil.copy2)
     return dest
+
+
+def crop_tiles(n: int, seed: int = 0, size: int = DEFAULT_TILE_SIZE) -> NDArray[np.uint8]:
+    """``n`` atlas tiles cut at random places and scales from the package photos."""
+    rng = np.random.default_rng(seed)
+    images = real_images()
+    tiles = []
+    for _ in range(n):
+        image = images[int(rng.integers(len(images)))]
+        h, w = image.shape[:2]
+        side = int(rng.integers(24, min(h, w) // 2))
+        y, x = int(rng.integers(0, h - side)), int(rng.integers(0, w - side))
+        tiles.append(atlas_tile(image[y : y + side, x : x + side], size))
+    return np.stack(tiles)

@@ -17,7 +17,7 @@ from fluxframe_render.tiles import CellGeometry, describe_frame, frame_cells
 from fluxframe_render.video import FrameReader
 from shared.tiles import TileSpec, atlas_tile, describe_mosaic, describe_tiles
 from tests.media import make_test_video
-from tests.pools import colour_images, real_images
+from tests.pools import colour_images, crop_tiles, real_images
 
 SPEC = TileSpec()
 GRID = (16, 9)
@@ -25,16 +25,7 @@ GRID = (16, 9)
 
 def _pool(n: int) -> NDArray[np.float32]:
     """Descriptors of ``n`` tiles cut at random places and scales from the package photos."""
-    rng = np.random.default_rng(3)
-    images = real_images()
-    tiles = []
-    for _ in range(n):
-        image = images[int(rng.integers(len(images)))]
-        h, w = image.shape[:2]
-        side = int(rng.integers(24, min(h, w) // 2))
-        y, x = int(rng.integers(0, h - side)), int(rng.integers(0, w - side))
-        tiles.append(atlas_tile(image[y : y + side, x : x + side], SPEC.size))
-    return describe_tiles(np.stack(tiles))
+    return describe_tiles(crop_tiles(n, seed=3, size=SPEC.size))
 
 
 def _pan(frames: int, width: int = 320, height: int = 180) -> list[NDArray[np.float32]]:

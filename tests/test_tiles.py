@@ -25,8 +25,8 @@ from shared.errors import BundleError, UsageError
 from shared.hashing import sha256_json
 from shared.search import open_ivf
 from shared.spec import FeatureSpec
-from shared.tiles import TileSpec, atlas_tile, describe_tiles
-from tests.pools import colour_images, copy_tree, real_images
+from shared.tiles import TileSpec, describe_tiles
+from tests.pools import colour_images, copy_tree, crop_tiles
 
 SPEC = TileSpec()
 
@@ -38,20 +38,6 @@ def _uniform(bgr: tuple[int, int, int], side: int = 32) -> NDArray[np.uint8]:
 def _lab(bgr: tuple[int, int, int]) -> NDArray[np.float32]:
     pixel = np.array([[bgr]], dtype=np.float32) / 255
     return np.asarray(cv2.cvtColor(pixel, cv2.COLOR_BGR2Lab)[0, 0], dtype=np.float32)
-
-
-def _crop_pool(n: int, seed: int = 0) -> NDArray[np.uint8]:
-    """``n`` atlas tiles cut at random places and scales from the package photos."""
-    rng = np.random.default_rng(seed)
-    images = real_images()
-    tiles = []
-    for _ in range(n):
-        image = images[int(rng.integers(len(images)))]
-        h, w = image.shape[:2]
-        side = int(rng.integers(24, min(h, w) // 2))
-        y, x = int(rng.integers(0, h - side)), int(rng.integers(0, w - side))
-        tiles.append(atlas_tile(image[y : y + side, x : x + side], SPEC.size))
-    return np.stack(tiles)
 
 
 def _frame(index: int, width: int, height: int) -> NDArray[np.uint8]:
@@ -165,7 +151,7 @@ def _violations(grid: NDArray[np.int32], max_uses: int, min_distance: int) -> in
 
 
 def test_reuse_rules_are_never_violated() -> None:
-    pool = _crop_pool(300)
+    pool = crop_tiles(300)
     index = TileIndex(describe_tiles(pool))
     grid = (16, 9)
     frames = [_frame(i, 320, 180) for i in range(6)]
@@ -181,7 +167,7 @@ def test_reuse_rules_are_never_violated() -> None:
 
 
 def test_rules_a_pool_cannot_meet_are_a_clear_error() -> None:
-    index = TileIndex(describe_tiles(_crop_pool(20)))
+    index = TileIndex(describe_tiles(crop_tiles(20)))
     geometry = CellGeometry.for_frame(80, 60, (8, 6))
     matcher = TileMatcher(index, (8, 6), TileRules(max_uses=1))
     with pytest.raises(UsageError, match="cannot be met by a pool of 20 images"):
@@ -189,7 +175,7 @@ def test_rules_a_pool_cannot_meet_are_a_clear_error() -> None:
 
 
 def test_coherence_keeps_a_tile_within_the_margin_and_switches_outside_it() -> None:
-    index = TileIndex(describe_tiles(_crop_pool(400, seed=1)))
+    index = TileIndex(describe_tiles(crop_tiles(400, seed=1)))
     grid = (16, 9)
     geometry = CellGeometry.for_frame(320, 180, grid)
     first = _frame(2, 320, 180)
@@ -214,7 +200,7 @@ def test_coherence_keeps_a_tile_within_the_margin_and_switches_outside_it() -> N
 
 
 def test_under_reuse_rules_coherence_compares_with_what_the_rules_would_give() -> None:
-    index = TileIndex(describe_tiles(_crop_pool(400, seed=1)))
+    index = TileIndex(describe_tiles(crop_tiles(400, seed=1)))
     grid = (16, 9)
     geometry = CellGeometry.for_frame(320, 180, grid)
     first = _frame(2, 320, 180)
@@ -233,7 +219,7 @@ def test_under_reuse_rules_coherence_compares_with_what_the_rules_would_give() -
 
 
 def test_batches_and_resume_give_the_same_grids_as_one_run() -> None:
-    index = TileIndex(describe_tiles(_crop_pool(300, seed=2)), block_rows=64)
+    index = TileIndex(describe_tiles(crop_tiles(300, seed=2)), block_rows=64)
     grid = (8, 6)
     geometry = CellGeometry.for_frame(160, 90, grid)
     rng = np.random.default_rng(5)
@@ -256,7 +242,7 @@ def test_batches_and_resume_give_the_same_grids_as_one_run() -> None:
 
 
 def test_composer_fills_uneven_cells_and_resizes_each_tile_once_per_size() -> None:
-    atlas = _crop_pool(10)
+    atlas = crop_tiles(10)
     geometry = CellGeometry.for_frame(103, 61, (5, 4))  # cells of 20/21 x 15/16 px
     composer = TileComposer(atlas, geometry)
     grid = np.arange(20, dtype=np.int32).reshape(4, 5) % 3
@@ -275,7 +261,7 @@ def test_composer_fills_uneven_cells_and_resizes_each_tile_once_per_size() -> No
 
 @pytest.mark.parametrize("strength", [0.0, 0.5, 1.0])
 def test_colour_transfer_moves_each_tile_mean_toward_its_cell_by_the_strength(strength: float) -> None:
-    atlas = _crop_pool(40, seed=4)
+    atlas = crop_tiles(40, seed=4)
     geometry = CellGeometry.for_frame(192, 96, (6, 3))
     frame = _frame(3, 192, 96)
     cells = describe_frame(frame, geometry, SPEC)
@@ -365,7 +351,7 @@ def test_a_version_1_bundle_still_opens_without_tiles(small_bundle: Path, tmp_pa
 
 
 def test_the_tile_ivf_index_finds_what_the_exact_scan_finds(tmp_path: Path) -> None:
-    descriptors = describe_tiles(_crop_pool(1500, seed=6))
+    descriptors = describe_tiles(crop_tiles(1500, seed=6))
     np.save(tmp_path / TILES, descriptors)
     info = build_ivf_index(tmp_path / TILES, tmp_path / TILE_INDEX, nlist=None, progress=False, metric=faiss.METRIC_L2)
     assert info.nlist > 8

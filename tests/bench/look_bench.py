@@ -89,9 +89,12 @@ def clip_path(name: str) -> Path:
 
 
 def ensure_bundle(jobs: int) -> Path:
-    """The 2,000-photo canny bundle, built once under .bench/ (an unchanged pool is not rebuilt)."""
+    """The 2,000-photo canny bundle, built once under .bench/ (an unchanged pool is not rebuilt; a bundle of
+    older feature code is replaced: it is a cache)."""
     dest = data.BENCH_ROOT / f"look-canny-{POOL_IMAGES}"
-    build_bundle(data.pool_dir(POOL_IMAGES, jobs), dest, BuildOptions(spec=FeatureSpec(method="canny"), jobs=jobs))
+    build_bundle(
+        data.pool_dir(POOL_IMAGES, jobs), dest, BuildOptions(spec=FeatureSpec(method="canny"), jobs=jobs, replace=True)
+    )
     return dest
 
 

@@ -60,7 +60,7 @@ def compare(truth: Found, found: Found) -> dict[str, float]:
 def build_real_ivf(pool: str, dest: str) -> dict[str, Any]:
     """Child process: the real pool's canny IVF bundle (cached: a rebuild of an unchanged pool is a no-op)."""
     result = build_bundle(
-        Path(pool), Path(dest), BuildOptions(spec=FeatureSpec(method="canny"), index_kind="ivf", jobs=2)
+        Path(pool), Path(dest), BuildOptions(spec=FeatureSpec(method="canny"), index_kind="ivf", jobs=2, replace=True)
     )
     return {"reused": result.up_to_date, "count": result.indexed, "seconds": result.seconds}
 

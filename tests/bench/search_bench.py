@@ -58,7 +58,7 @@ def bench_root() -> Path:
 
 def build_real_bundle(pool: str, dest: str) -> dict[str, Any]:
     """Child process: the canny bundle of the real pool that search pools are tiled from (cached)."""
-    result = build_bundle(Path(pool), Path(dest), BuildOptions(spec=FeatureSpec(method="canny"), jobs=2))
+    result = build_bundle(Path(pool), Path(dest), BuildOptions(spec=FeatureSpec(method="canny"), jobs=2, replace=True))
     return {"reused": result.up_to_date, "count": result.indexed, "seconds": result.seconds}
 
 

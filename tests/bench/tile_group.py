@@ -87,28 +87,44 @@ def x264_alone(video: str, crf: int, preset: str) -> dict[str, Any]:
     return {"frames": len(frames), "seconds": seconds, "frames_per_second": len(frames) / seconds}
 
 
+def _bundle(ctx: Context, real: Path, n: int, ivf: bool) -> Path:
+    label = size_label(n)
+    dest = bench_root() / (f"canny-tiles-{label}" + ("-ivf" if ivf and n < 1_000_000 else ""))
+    ctx.log(f"tile bundle of {label} rows{' + tile IVF' if ivf else ''} -> {dest} (cached)")
+    args = {"source_path": str(real), "dest_path": str(dest), "n": n, "ivf": ivf}
+    made = ctx.isolated(GROUP, "tests.bench.tile_synth:make_tile_bundle", args, measure=False)
+    ctx.detail(GROUP, f"bundle_{label}{'_ivf' if ivf else ''}", child_dict(made))
+    return dest
+
+
 def _bundles(ctx: Context, sizes: tuple[int, ...]) -> dict[int, Path]:
     real = look_bench.ensure_bundle(ctx.jobs)
-    out = {}
-    for n in sizes:
-        dest = bench_root() / f"canny-tiles-{size_label(n)}"
-        ivf = n >= 1_000_000
-        ctx.log(f"tile bundle of {size_label(n)} rows{' + tile IVF' if ivf else ''} -> {dest} (cached)")
-        args = {"source_path": str(real), "dest_path": str(dest), "n": n, "ivf": ivf}
-        made = ctx.isolated(GROUP, "tests.bench.tile_synth:make_tile_bundle", args, measure=False)
-        ctx.detail(GROUP, f"bundle_{size_label(n)}", child_dict(made))
-        out[n] = dest
-    return out
+    return {n: _bundle(ctx, real, n, ivf=n >= 1_000_000) for n in sizes}
 
 
 def _speed(
-    ctx: Context, clip: Path, n: int, bundle: Path, figures: dict[str, Any], seconds: float
+    ctx: Context,
+    clip: Path,
+    n: int,
+    bundle: Path,
+    figures: dict[str, Any],
+    seconds: float,
+    colour: bool = True,
+    ivf: bool | None = None,
 ) -> dict[str, Any] | None:
-    label, kind = size_label(n), ("IVF" if n >= 1_000_000 else "exact")
-    out = ctx.work / f"tiles-{label}"
+    """One tile render and x264 alone on its frames; ``colour``: the default colour pass over the mosaic
+    (False: --color-transfer off, a row of its own: that pass costs about as much as the tile search);
+    ``ivf``: the bundle has a tile IVF index (None: as the size's main bundle, IVF from 1M)."""
+    ivf = n >= 1_000_000 if ivf is None else ivf
+    label, kind = size_label(n), ("IVF" if ivf else "exact")
+    key = label + ("" if colour else "_no_colour") + ("_ivf" if ivf and n < 1_000_000 else "")
+    out = ctx.work / f"tiles-{key}"
     defaults = RenderOptions()
-    options = {"tiles": GRID, "verify": False, "save_frames": False, "report": False, "progress": False}
+    options: dict[str, Any] = {"tiles": GRID, "verify": False, "save_frames": False, "report": False, "progress": False}
     setting = f"{label} pool, {kind}, {GRID}, 720p H.264 {seconds:g} s at {CLIP_FPS} fps, --no-frames"
+    if not colour:
+        options["color_transfer"] = "off"
+        setting += ", --color-transfer off"
     ctx.log(f"tile render end to end, {label} pool, {kind}")
     try:
         r = child_dict(
@@ -131,7 +147,7 @@ def _speed(
         return None
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    figures[f"render_{label}"], figures[f"x264_{label}"] = r, x
+    figures[f"render_{key}"], figures[f"x264_{key}"] = r, x
     fps, x264 = r["frames_per_second"], x["frames_per_second"]
     note = f"match {r['match_seconds']:.1f} s + output {r['output_seconds']:.1f} s for {r['frames']} frames"
     ctx.add(Row(GROUP, "tile render frames/s", setting, fps, "fps", note=note))
@@ -200,6 +216,11 @@ def run(ctx: Context) -> None:
         if r is not None:
             renders[n] = r
             _memory(ctx, n, r, renders.get(SIZES[0]))
+        if n == SIZES[0]:
+            _speed(ctx, clip, n, bundle, figures, seconds, colour=False)
+            # A bundle built with --index ivf has a tile IVF too, as it has one for its frame vectors.
+            twin = _bundle(ctx, look_bench.ensure_bundle(ctx.jobs), n, ivf=True)
+            _speed(ctx, clip, n, twin, figures, seconds, ivf=True)
         if n in LARGE_SIZES:
             ctx.mark_large_only(since)
     _overhead(ctx)
