@@ -89,6 +89,18 @@ class BuildOptions:
         """
         return BundleRequest(limit=self.limit, index_kind=self.index_kind, ivf_nlist=self.ivf_nlist, tiles=self.tiles)
 
+    def description(self, asset_dir: Path, scan: ScanResult, extra: dict[str, Any]) -> BundleDescription:
+        """What the manifest says of a bundle of ``scan`` made with these options (a build or an update)."""
+        spec = self.spec.canonical()
+        return BundleDescription(
+            spec=spec,
+            blocks=tuple(create_extractor(spec, asset_dir).blocks),
+            pool_root=scan.root,
+            pool_fingerprint=scan.fingerprint(),
+            request=self.request(),
+            extra=extra,
+        )
+
     def run_settings(self) -> RunSettings:
         return RunSettings(jobs=self.jobs, backend=self.backend, progress=self.progress)
 
@@ -204,14 +216,7 @@ class PoolSource:
         return self._tasks
 
     def describe(self, asset_dir: Path) -> BundleDescription:
-        return BundleDescription(
-            spec=self.spec,
-            blocks=tuple(create_extractor(self.spec, asset_dir).blocks),
-            pool_root=self.scan.root,
-            pool_fingerprint=self.scan.fingerprint(),
-            request=self.options.request(),
-            extra={"plan_sha256": sha256_json(self.plan())},
-        )
+        return self.options.description(asset_dir, self.scan, {"plan_sha256": sha256_json(self.plan())})
 
     def rows(self, shard_dir: Path, dim: int) -> Rows:
         """The shards in entry order; one shard's table is in memory at a time, counts come from .npy headers."""

@@ -47,7 +47,7 @@ from fluxframe_index.shards import read_meta, read_shard, read_tile_shard, shard
 from fluxframe_index.timings import BuildTimings
 from shared.bundle import IMAGE_COLUMNS, Bundle, display_path, open_bundle
 from shared.errors import BundleError, UsageError
-from shared.features.registry import create_extractor, method_info
+from shared.features.registry import method_info
 from shared.hashing import sha256_json
 from shared.tiles import TileSpec
 
@@ -202,19 +202,13 @@ class UpdateSource:
         return [*self._tasks, *self._tile_tasks]
 
     def describe(self, asset_dir: Path) -> BundleDescription:
-        return BundleDescription(
-            spec=self.spec,
-            blocks=tuple(create_extractor(self.spec, asset_dir).blocks),
-            pool_root=self.scan.root,
-            pool_fingerprint=self.scan.fingerprint(),
-            request=self.options.request(),
-            extra={
-                "tiles_added": not self.tiles_from_old,
-                "updated_from": self.old.bundle_id,
-                "update": self.changes.counts.to_dict(),
-                "plan_sha256": sha256_json(self.plan()),
-            },
-        )
+        extra = {
+            "tiles_added": not self.tiles_from_old,
+            "updated_from": self.old.bundle_id,
+            "update": self.changes.counts.to_dict(),
+            "plan_sha256": sha256_json(self.plan()),
+        }
+        return self.options.description(asset_dir, self.scan, extra)
 
     def nothing_usable(self, rejected: list[ScanRejection]) -> str:
         detail = f"; {describe_unusable(rejected)}" if rejected else ""
