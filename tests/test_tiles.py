@@ -174,14 +174,20 @@ def test_rules_a_pool_cannot_meet_are_a_clear_error() -> None:
         matcher.match([describe_frame(_frame(0, 80, 60), geometry, SPEC)])
 
 
-def test_coherence_keeps_a_tile_within_the_margin_and_switches_outside_it() -> None:
+def _two_frames_of_a_shot() -> tuple[TileIndex, tuple[int, int], NDArray[np.float32], NDArray[np.float32]]:
+    """A 400-tile index, a 16x9 grid and the cell descriptors of two frames of one shot: the second a
+    little brighter and shifted by a few pixels."""
     index = TileIndex(describe_tiles(crop_tiles(400, seed=1)))
     grid = (16, 9)
     geometry = CellGeometry.for_frame(320, 180, grid)
     first = _frame(2, 320, 180)
-    # The next frame: the same shot, a little brighter and shifted by a few pixels.
     second = _u8(cv2.convertScaleAbs(np.roll(first, 3, axis=1), alpha=1.08, beta=6))
     d1, d2 = (describe_frame(f, geometry, SPEC) for f in (first, second))
+    return index, grid, d1, d2
+
+
+def test_coherence_keeps_a_tile_within_the_margin_and_switches_outside_it() -> None:
+    index, grid, d1, d2 = _two_frames_of_a_shot()
     margin = 3.0
     matcher = TileMatcher(index, grid, TileRules(coherence_margin=margin))
     [a, b] = matcher.match([d1, d2])
@@ -200,12 +206,7 @@ def test_coherence_keeps_a_tile_within_the_margin_and_switches_outside_it() -> N
 
 
 def test_under_reuse_rules_coherence_compares_with_what_the_rules_would_give() -> None:
-    index = TileIndex(describe_tiles(crop_tiles(400, seed=1)))
-    grid = (16, 9)
-    geometry = CellGeometry.for_frame(320, 180, grid)
-    first = _frame(2, 320, 180)
-    second = _u8(cv2.convertScaleAbs(np.roll(first, 3, axis=1), alpha=1.08, beta=6))
-    d1, d2 = (describe_frame(f, geometry, SPEC) for f in (first, second))
+    index, grid, d1, d2 = _two_frames_of_a_shot()
     margin, rules = 3.0, {"max_uses": 2, "min_distance": 3}
     [a, b] = TileMatcher(index, grid, TileRules(coherence_margin=margin, **rules)).match([d1, d2])
     unheld = TileMatcher(index, grid, TileRules(coherence_margin=None, **rules))

@@ -39,6 +39,7 @@ from shared.bundle import (
 from shared.errors import BundleError
 from shared.features.base import Block, finish_blocks
 from shared.hashing import sha256_json
+from shared.tiles import TileSpec
 
 SYNTH_VERSION = 2
 ROWS_PER_BLOCK = 65_536
@@ -113,8 +114,7 @@ def make_synthetic_bundle(source_path: str, dest_path: str, n: int, ivf: bool = 
         out[start : start + ids.size] = perturb(base, blocks, strength, rng)
     out.flush()
     del out
-    _write_images(source, work / IMAGES, n)
-    pq.write_table(pa.table({"path": [], "reason": [], "detail": []}, schema=REJECTED_SCHEMA), work / REJECTED)
+    write_tables(source, work, n)
     vectors_s = time.perf_counter() - started
     index = IndexInfo()
     ivf_s = 0.0
@@ -122,20 +122,7 @@ def make_synthetic_bundle(source_path: str, dest_path: str, n: int, ivf: bool = 
         t0 = time.perf_counter()
         index = build_ivf_index(work / VECTORS, work / INDEX, nlist=None, progress=False)
         ivf_s = time.perf_counter() - t0
-    m = source.manifest
-    finalize_bundle(
-        work,
-        dest,
-        spec=m.spec,
-        blocks=m.blocks,
-        pool_root=source.pool_root,
-        pool_fingerprint=sha256_json({"synthetic": want, "pool": m.pool_fingerprint}),
-        count=n,
-        rejected_count=0,
-        dim=dim,
-        index=index,
-        extra={"synthetic": want},
-    )
+    finalize_synthetic(source, work, dest, n, want, index)
     return {
         "reused": False,
         "n": n,
@@ -174,6 +161,40 @@ def make_flat_twin(source_path: str, dest_path: str) -> dict[str, Any]:
         extra={"synthetic": want},
     )
     return {"reused": False}
+
+
+def write_tables(source: Bundle, work: Path, n: int) -> None:
+    """A synthetic bundle's images.parquet (row i is the real picture row i was made from) and an
+    empty rejected.parquet."""
+    _write_images(source, work / IMAGES, n)
+    pq.write_table(pa.table({"path": [], "reason": [], "detail": []}, schema=REJECTED_SCHEMA), work / REJECTED)
+
+
+def finalize_synthetic(
+    source: Bundle,
+    work: Path,
+    dest: Path,
+    n: int,
+    want: dict[str, Any],
+    index: IndexInfo,
+    tiles: TileSpec | None = None,
+) -> None:
+    """Seal ``work`` (N rows made from ``source`` by the recipe ``want``) into ``dest``: manifest, sha256, swap."""
+    m = source.manifest
+    finalize_bundle(
+        work,
+        dest,
+        spec=m.spec,
+        blocks=m.blocks,
+        pool_root=source.pool_root,
+        pool_fingerprint=sha256_json({"synthetic": want, "pool": m.pool_fingerprint}),
+        count=n,
+        rejected_count=0,
+        dim=m.dim,
+        index=index,
+        extra={"synthetic": want},
+        tiles=tiles,
+    )
 
 
 def _write_images(source: Bundle, path: Path, n: int) -> None:

@@ -17,24 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from fluxframe_index.seal import build_tile_ivf
 from shared.bundle import (
     ATLAS,
-    IMAGES,
-    REJECTED,
-    REJECTED_SCHEMA,
     TILES,
     VECTORS,
     IndexInfo,
-    finalize_bundle,
     open_bundle,
 )
-from shared.hashing import sha256_json
-from tests.bench.synth import ROWS_PER_BLOCK, _write_images, cached
+from tests.bench.synth import ROWS_PER_BLOCK, cached, finalize_synthetic, write_tables
 
 TILE_SYNTH_VERSION = 1
 DESCRIPTOR_NOISE_DELTA_E = 1.0
@@ -75,27 +68,13 @@ def make_tile_bundle(source_path: str, dest_path: str, n: int, ivf: bool = False
     for out in (*outs.values(), tiles_out):
         out.flush()
     del outs, tiles_out
-    _write_images(source, work / IMAGES, n)
-    pq.write_table(pa.table({"path": [], "reason": [], "detail": []}, schema=REJECTED_SCHEMA), work / REJECTED)
+    write_tables(source, work, n)
     rows_s = time.perf_counter() - started
     ivf_s = 0.0
     if ivf:
         t0 = time.perf_counter()
         build_tile_ivf(work, progress=False)
         ivf_s = time.perf_counter() - t0
-    m = source.manifest
-    finalize_bundle(
-        work,
-        dest,
-        spec=m.spec,
-        blocks=m.blocks,
-        pool_root=source.pool_root,
-        pool_fingerprint=sha256_json({"synthetic": want, "pool": m.pool_fingerprint}),
-        count=n,
-        rejected_count=0,
-        dim=m.dim,
-        index=IndexInfo(),  # the feature vectors are searched by no tile render: no IVF over them
-        extra={"synthetic": want},
-        tiles=spec,
-    )
+    # The feature vectors are searched by no tile render: no IVF over them.
+    finalize_synthetic(source, work, dest, n, want, IndexInfo(), tiles=spec)
     return {"reused": False, "n": n, "rows_seconds": rows_s, "tile_ivf_build_seconds": ivf_s}
