@@ -134,6 +134,7 @@ class _Render:
         self.on_warning = on_warning
         self.warnings: list[str] = []
         self.search_stats: dict[str, int] = {}
+        self._tile_summary: dict[str, Any] | None = None
         # The video first: a wrong video path fails at once, before hashing a large bundle.
         self.info: VideoInfo = probe_video(video)
         self.bundle: Bundle = open_bundle(bundle_path, verify=options.verify)
@@ -197,6 +198,21 @@ class _Render:
     def tile_grid(self) -> tuple[int, int]:
         assert self.options.tiles is not None
         return parse_grid(self.options.tiles, "--tiles")
+
+    def tile_summary(self) -> dict[str, Any]:
+        """Tile mode's totals, from the finished match's grids (read once: results.json and the report
+        both show them): a frame's choice names only its most used tile."""
+        if self._tile_summary is None:
+            grids = _tile_grids(self.out, self.tile_grid())
+            changed = float(np.mean(grids[1:] != grids[:-1])) if len(grids) > 1 else 0.0
+            self._tile_summary = {
+                "grid": self.options.tiles,
+                "grids_file": TILE_GRIDS,
+                "frames": int(grids.shape[0]),
+                "distinct_images": int(np.unique(grids).size),
+                "cell_switch_rate": round(changed, 6),
+            }
+        return self._tile_summary
 
     def pool_root(self) -> Path:
         root = self.options.pool_root or self.bundle.pool_root
@@ -589,7 +605,7 @@ def _write_report(run: _Render, sink: ReportSink, choices: list[Choice], quality
             }
         )
     if run.options.tiles is not None:
-        tiles = _tile_summary(run)
+        tiles = run.tile_summary()
         summary.update(
             {
                 "tile grid": tiles["grid"],
@@ -725,7 +741,7 @@ def _results(
             "truncated": bool(end.get("truncated")),
         },
         "most_used": most_used,
-        "tiles": _tile_summary(run) if run.options.tiles is not None else None,
+        "tiles": run.tile_summary() if run.options.tiles is not None else None,
         "quality": None if written is None or written.quality is None else _rounded(written.quality.to_dict()),
         "timings": {phase: t.to_dict() for phase, t in timings.items()},
         "frames": [
@@ -739,19 +755,6 @@ def _results(
             }
             for i, (c, p) in enumerate(zip(choices, paths, strict=True))
         ],
-    }
-
-
-def _tile_summary(run: _Render) -> dict[str, Any]:
-    """Tile mode's totals, from the grids: a frame's choice names only its most used tile."""
-    grids = _tile_grids(run.out, run.tile_grid())
-    changed = float(np.mean(grids[1:] != grids[:-1])) if len(grids) > 1 else 0.0
-    return {
-        "grid": run.options.tiles,
-        "grids_file": TILE_GRIDS,
-        "frames": int(grids.shape[0]),
-        "distinct_images": int(np.unique(grids).size),
-        "cell_switch_rate": round(changed, 6),
     }
 
 
