@@ -16,6 +16,14 @@ output from the checkpoint in one pass, so it never needs to).
 
 Pixel work is done in OpenCV's 8-bit LAB (table-driven, ~10x faster than float LAB at
 720p); the statistics in float. Rounding costs at most half a step of 8-bit LAB.
+
+``local`` converts to LAB and back at half the photo's size only: the shift is smooth, so
+the change it makes (shifted minus unshifted, in BGR) is computed on the half-size photo and
+added to the full-size photo, upsampled bilinearly. The photo keeps every pixel of its own
+detail. Against a float-LAB reference at full size (10 pool photos x 10 frames of the bench
+clip, 720p, default strengths) the error is that of the full-size 8-bit path: mean 0.68 vs
+0.70 ΔE, p99 2.2 vs 1.8; at a quarter of the size it grew to 0.81, p99 3.2. It costs half
+the CPU (720p, one thread: ~8-9 instead of ~17 ms a frame).
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from shared.errors import UsageError
 
 COLOR_MODES = ("off", "global", "local")
 STATS_WIDTH = 320  # frames are measured at this width: statistics need no more pixels
+# ``local`` works at half size from this width and height up; below it, at full size (a few pixels).
+HALF_SIZE_FROM = 64
 # 8-bit LAB units per CIELAB unit: L is scaled by 255/100, a and b are offset by 128.
 _LAB8_SCALE = np.array([255 / 100, 1.0, 1.0], dtype=np.float32)
 _LAB8_OFFSET = np.array([0.0, 128.0, 128.0], dtype=np.float32)
@@ -96,15 +106,22 @@ def grid_means(image: Image, grid: tuple[int, int]) -> Stats:
     return lab8(cast(Image, cells))
 
 
+@dataclass(frozen=True)
+class _PhotoParts:
+    lab: Image  # 8-bit LAB: global, the whole photo; local, half of it (or the whole when too small)
+    stats: Stats  # global statistics, or grid means
+    base: Image | None  # local at half size: the half-size LAB back to BGR, unshifted
+
+
 class ColorTransfer:
     """Adapts photos toward their frames, frame after frame; ``cut`` restarts the frame statistics."""
 
     def __init__(self, params: ColorParams) -> None:
         self.params = params
         self._frame_stats: Stats | None = None
-        # The last photo, its 8-bit LAB and its statistics: a held photo comes back as the same
-        # array frame after frame, and its LAB conversion is a third of the transfer's cost.
-        self._photo: tuple[Image, Image, Stats] | None = None
+        # The last photo and what the transfer needs of it (_PhotoParts): a held photo comes back
+        # as the same array frame after frame, and its conversions are a third of the cost.
+        self._photo: tuple[Image, _PhotoParts] | None = None
 
     def frame_stats(self, frame: Image, *, cut: bool) -> Stats | None:
         """Feed the next frame; its statistics smoothed within the scene (None when the mode is off)."""
@@ -124,18 +141,43 @@ class ColorTransfer:
         target = self.frame_stats(frame, cut=cut)
         if target is None or not channel_strengths(self.params).any():
             return photo
-        lab, stats = self._photo_lab(photo)
-        shifted = self._global(lab, stats, target) if self.params.mode == "global" else self._local(lab, stats, target)
-        return cast(Image, cv2.cvtColor(shifted, cv2.COLOR_Lab2BGR))
+        parts = self._parts(photo)
+        if self.params.mode == "global":
+            return cast(Image, cv2.cvtColor(self._global(parts.lab, parts.stats, target), cv2.COLOR_Lab2BGR))
+        if parts.base is None:  # a photo too small to halve
+            shifted = self._local(parts.lab, parts.stats, target, photo.shape[:2])
+            return cast(Image, cv2.cvtColor(shifted, cv2.COLOR_Lab2BGR))
+        h, w = photo.shape[:2]
+        moved = cv2.cvtColor(self._local(parts.lab, parts.stats, target, (h, w)), cv2.COLOR_Lab2BGR)
+        # The change as its rises and falls, two saturated uint8 pictures: upsampled and applied in
+        # uint8 arithmetic, 4x less CPU than one int16 change added with a type conversion (measured).
+        up, down = cv2.subtract(moved, parts.base), cv2.subtract(parts.base, moved)
+        raised = cv2.add(photo, cv2.resize(up, (w, h), interpolation=cv2.INTER_LINEAR))
+        return cast(Image, cv2.subtract(raised, cv2.resize(down, (w, h), interpolation=cv2.INTER_LINEAR)))
 
-    def _photo_lab(self, photo: Image) -> tuple[Image, Stats]:
-        """The photo's 8-bit LAB and its statistics (global, or grid means), computed once per photo in a row."""
+    def _parts(self, photo: Image) -> _PhotoParts:
+        """What the transfer needs of ``photo``, computed once per photo in a row."""
         if self._photo is not None and self._photo[0] is photo:
-            return self._photo[1], self._photo[2]
-        lab = cast(Image, cv2.cvtColor(photo, cv2.COLOR_BGR2Lab))
-        stats = global_stats(photo) if self.params.mode == "global" else grid_means(photo, self.params.grid)
-        self._photo = (photo, lab, stats)
-        return lab, stats
+            return self._photo[1]
+        h, w = photo.shape[:2]
+        base: Image | None = None
+        if self.params.mode == "global":
+            stats, lab = global_stats(photo), cast(Image, cv2.cvtColor(photo, cv2.COLOR_BGR2Lab))
+        else:
+            if min(h, w) >= HALF_SIZE_FROM:
+                half = cast(Image, cv2.resize(photo, (w // 2, h // 2), interpolation=cv2.INTER_AREA))
+                # Grid means from the half-size photo: the same block averages (to rounding), a
+                # quarter of the pixels to read (a tile mosaic is a new photo every frame).
+                stats = grid_means(half, self.params.grid)
+                lab = cast(Image, cv2.cvtColor(half, cv2.COLOR_BGR2Lab))
+                # The unshifted round trip, so that the change is the shift's alone: no shift, no change.
+                base = cast(Image, cv2.cvtColor(lab, cv2.COLOR_Lab2BGR))
+            else:
+                stats = grid_means(photo, self.params.grid)
+                lab = cast(Image, cv2.cvtColor(photo, cv2.COLOR_BGR2Lab))
+        parts = _PhotoParts(lab, stats, base)
+        self._photo = (photo, parts)
+        return parts
 
     def _global(self, lab: Image, stats: Stats, target: Stats) -> Image:
         """Each channel's affine map, as a lookup table over 8-bit LAB (one pass over the pixels)."""
@@ -149,12 +191,13 @@ class ColorTransfer:
         table = np.clip(np.rint(mapped), 0, 255).astype(np.uint8).reshape(256, 1, 3)
         return cast(Image, cv2.LUT(lab, table))
 
-    def _local(self, lab: Image, means: Stats, target: Stats) -> Image:
-        h, w = lab.shape[:2]
+    def _local(self, lab: Image, means: Stats, target: Stats, full: tuple[int, int]) -> Image:
+        """``lab`` (the photo's, at its full ``full`` = (h, w) size or half of it) shifted by the smooth field."""
+        h, w = full
         strengths = channel_strengths(self.params)
         shift = strengths * (target - means) * _LAB8_SCALE
-        # Bicubic to a quarter of the size, then bilinear: as smooth to the eye, a third of the cost at 720p.
+        # Bicubic to a quarter of the full size, then bilinear: as smooth to the eye, a third of the cost at 720p.
         quarter = cv2.resize(shift, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_CUBIC)
-        smooth = cv2.resize(quarter, (w, h), interpolation=cv2.INTER_LINEAR)
+        smooth = cv2.resize(quarter, (lab.shape[1], lab.shape[0]), interpolation=cv2.INTER_LINEAR)
         # uint8 + float32 with a uint8 result: rounded and saturated in the same pass.
         return cast(Image, cv2.add(lab, smooth, dtype=cv2.CV_8U))
