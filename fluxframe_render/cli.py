@@ -41,6 +41,7 @@ def summary(result: RenderResult) -> str:
     look = f"; {result.quality.line()}" if result.quality is not None else ""
     if result.tiles is not None:
         t = result.tiles
+        look = f"; {result.quality.line(choices=False)}" if result.quality is not None else ""
         images = f"{t['grid']} tiles from {t['distinct_images']} distinct images"
         images += f", cells switching {t['cell_switch_rate']:.0%}"
         return (

@@ -51,7 +51,7 @@ from fluxframe_render.output import ChoiceFrames, Colour, FullFrame, OutputFrame
 from fluxframe_render.overlap import Overlap
 from fluxframe_render.pipeline import Runner, RunTimings, Stage
 from fluxframe_render.policies import GlobalAssign, Hold, PerFrame, Policy, Smooth
-from fluxframe_render.report import ReportBuilder, tile_zoom_crop
+from fluxframe_render.report import ReportBuilder, TileFigures, tile_zoom_crop
 from fluxframe_render.reuse import ReuseLedger
 from fluxframe_render.scenes import CutParams
 from fluxframe_render.select import HELD, Choice, SelectionPolicy, Selector
@@ -205,12 +205,15 @@ class _Render:
         if self._tile_summary is None:
             grids = _tile_grids(self.out, self.tile_grid())
             changed = float(np.mean(grids[1:] != grids[:-1])) if len(grids) > 1 else 0.0
+            ids, cells = np.unique(grids, return_counts=True)
+            top = np.lexsort((ids, -cells))[:MOST_USED]  # most cells first, ties by id
             self._tile_summary = {
                 "grid": self.options.tiles,
                 "grids_file": TILE_GRIDS,
                 "frames": int(grids.shape[0]),
-                "distinct_images": int(np.unique(grids).size),
+                "distinct_images": int(ids.size),
                 "cell_switch_rate": round(changed, 6),
+                "most_used": [{"image_id": int(ids[i]), "cells": int(cells[i])} for i in top],
             }
         return self._tile_summary
 
@@ -604,8 +607,20 @@ def _write_report(run: _Render, sink: ReportSink, choices: list[Choice], quality
                 "flicker (× source)": None if quality.flicker is None else round(quality.flicker, 2),
             }
         )
+    figures = None
+    zoom = None
     if run.options.tiles is not None:
         tiles = run.tile_summary()
+        cols, rows = run.tile_grid()
+        figures = TileFigures(
+            grid=tiles["grid"],
+            cells=cols * rows,
+            cell_switch_rate=tiles["cell_switch_rate"],
+            distinct_tiles=tiles["distinct_images"],
+            most_used=[(sink.name_of(used["image_id"]), used["cells"]) for used in tiles["most_used"]],
+        )
+        # A frame's "image" is only its most used tile: the mosaic's own figures replace those.
+        del summary["distinct images"], summary["switch rate"]
         summary.update(
             {
                 "tile grid": tiles["grid"],
@@ -613,12 +628,11 @@ def _write_report(run: _Render, sink: ReportSink, choices: list[Choice], quality
                 "cells switching": tiles["cell_switch_rate"],
             }
         )
+        if sink.last is not None and sink.last.image is not None:
+            zoom = tile_zoom_crop(sink.last.image, (cols, rows))
     bundle = {"id": run.bundle.bundle_id[:16], "method": run.bundle.spec.method, "images": run.bundle.count}
     options = {k: v for k, v in run.options.to_dict().items() if k not in ("progress", "timings")}
-    zoom = None
-    if run.options.tiles is not None and sink.last is not None and sink.last.image is not None:
-        zoom = tile_zoom_crop(sink.last.image, run.tile_grid())
-    sink.builder.write(run.out / REPORT_NAME, summary, options, bundle, sink.builder.most_used(), zoom)
+    sink.builder.write(run.out / REPORT_NAME, summary, options, bundle, sink.builder.most_used(), zoom, figures)
 
 
 class _Progress(Stage[OutputFrame, OutputFrame]):

@@ -46,6 +46,18 @@ DELTA_E_COLOR = "#c8553d"
 
 
 @dataclass(frozen=True)
+class TileFigures:
+    """A tile render's own totals. Its frame records name only each frame's most used tile, so
+    image switches and distinct images counted from them say little about a mosaic."""
+
+    grid: str  # COLSxROWS
+    cells: int  # cells of one frame
+    cell_switch_rate: float  # share of cells showing another image than in the frame before
+    distinct_tiles: int  # pool images used anywhere in the clip
+    most_used: Sequence[tuple[str, int]]  # image names and the cells they fill over the clip
+
+
+@dataclass(frozen=True)
 class FrameRecord:
     """What the report knows of one output frame."""
 
@@ -187,22 +199,29 @@ class ReportBuilder:
 
     # -- the page -------------------------------------------------------------------------------
 
-    def _figures(self) -> str:
+    def _figures(self, tiles: TileFigures | None) -> str:
         f = self._frames
         frames = len(f.score)
         switches = sum(f.switched)
-        figures = [
-            ("frames", f"{frames:,}"),
-            ("duration", format_time(f.last_time) if frames else "—"),
-            ("image switches", f"{switches:,} ({switches / frames:.0%})" if frames else "0"),
-            ("distinct images", f"{len(f.image_ids):,}"),
+        head = [("frames", f"{frames:,}"), ("duration", format_time(f.last_time) if frames else "—")]
+        look = [
             ("mean score", _shown(_mean(f.score))),
             ("mean SSIM to source", _shown(_mean(f.ssim))),
             ("mean ΔE to source", _shown(_mean(f.delta_e), 1)),
-            ("threshold holds", f"{sum(f.held):,}"),
-            ("scene cuts", f"{sum(f.cut):,}"),
         ]
-        return figure_cards(figures)
+        if tiles is not None:
+            choices = [
+                ("tile grid", f"{tiles.grid} ({tiles.cells:,} cells)"),
+                ("cells switching", f"{tiles.cell_switch_rate:.1%} a frame"),
+                ("distinct tiles", f"{tiles.distinct_tiles:,}"),
+            ]
+            return figure_cards(head + choices + look)
+        choices = [
+            ("image switches", f"{switches:,} ({switches / frames:.0%})" if frames else "0"),
+            ("distinct images", f"{len(f.image_ids):,}"),
+        ]
+        rest = [("threshold holds", f"{sum(f.held):,}"), ("scene cuts", f"{sum(f.cut):,}")]
+        return figure_cards(head + choices + look + rest)
 
     def _sheet(self) -> str:
         has_photo = any(row.photo is not None for row in self._rows)
@@ -239,7 +258,7 @@ class ReportBuilder:
         style = f"--pictures: {len(heads) - 1}; --thumb-aspect: {aspect}"
         return f'<div class="sheet" style="{style}">{"".join(cells)}</div>'
 
-    def _plots(self) -> str:
+    def _plots(self, tiles: bool) -> str:
         f = self._frames
 
         def series(values: array[float]) -> NDArray[np.float64]:
@@ -255,11 +274,13 @@ class ReportBuilder:
         def flags(values: bytearray) -> NDArray[np.bool_]:
             return np.frombuffer(bytes(values), dtype=np.uint8).astype(bool)
 
-        marks = FrameMarks(switched=flags(f.switched), held=flags(f.held), cut=flags(f.cut))
+        switch = "most used tile changed" if tiles else "image switch"
+        marks = FrameMarks(switched=flags(f.switched), held=flags(f.held), cut=flags(f.cut), switch_label=switch)
         return frame_plot_svg(panels, marks, title=f"{self.title}: score and look per frame")
 
     @staticmethod
-    def _most_used(most_used: Sequence[tuple[str, int]], frames: int) -> str:
+    def _most_used(most_used: Sequence[tuple[str, int]], total: int, unit: str = "frames") -> str:
+        """The images shown most, each with its count of ``unit`` and its share of ``total`` of them."""
         if not most_used:
             return '<p class="note">no images</p>'
         top = max(count for _, count in most_used) or 1
@@ -268,12 +289,12 @@ class ReportBuilder:
                 str(rank),
                 text(name),
                 f"{count:,}",
-                f"{count / frames:.1%}" if frames else "—",
+                f"{count / total:.1%}" if total else "—",
                 f'<div class="bar" style="width: {100 * count / top:.1f}%"></div>',
             )
             for rank, (name, count) in enumerate(most_used, start=1)
         ]
-        return table(["#", "image", "frames", "share", ""], rows)
+        return table(["#", "image", unit, "share", ""], rows)
 
     def html(
         self,
@@ -282,17 +303,27 @@ class ReportBuilder:
         bundle: Mapping[str, Any],
         most_used: Sequence[tuple[str, int]],
         tile_zoom: Image | None = None,
+        tiles: TileFigures | None = None,
     ) -> str:
-        """The page as a string (``write`` saves it)."""
+        """The page as a string (``write`` saves it); a tile render passes its ``tiles`` figures."""
         frames = len(self._frames.score)
         switches = sum(self._frames.switched)
         sampled = self._sampled_rows
+        switch_rows = (
+            f"{self._switch_rows} where a frame's most used tile changed"
+            if tiles is not None
+            else f"{self._switch_rows} of the {switches:,} image switches"
+        )
         sheet_note = (
             f"{len(self._rows)} of {frames:,} frames: {sampled} spread over the clip (every "
-            f"{self.sample_every}) and {self._switch_rows} of the {switches:,} image switches."
+            f"{self.sample_every}) and {switch_rows}."
         )
+        if tiles is not None:
+            used = self._most_used(tiles.most_used, frames * tiles.cells, "cells")
+        else:
+            used = self._most_used(most_used, frames)
         sections = [
-            ("glance", "At a glance", section("glance", "At a glance", self._figures())),
+            ("glance", "At a glance", section("glance", "At a glance", self._figures(tiles))),
             ("sheet", "Contact sheet", section("sheet", "Contact sheet", self._sheet(), note=sheet_note)),
             (
                 "plots",
@@ -300,7 +331,7 @@ class ReportBuilder:
                 section(
                     "plots",
                     "Per frame",
-                    self._plots() if frames else '<p class="note">no frames</p>',
+                    self._plots(tiles is not None) if frames else '<p class="note">no frames</p>',
                     note="SSIM and ΔE compare each output frame with its source frame at small sizes.",
                 ),
             ),
@@ -321,7 +352,7 @@ class ReportBuilder:
         )
         sections += [
             ("details", "Summary and options", section("details", "Summary and options", details)),
-            ("images", "Most-used images", section("images", "Most-used images", self._most_used(most_used, frames))),
+            ("images", "Most-used images", section("images", "Most-used images", used)),
             ("bundle", "Bundle", section("bundle", "Bundle", key_value_table(bundle))),
         ]
         subtitle = f"FluxFrame render report · {frames:,} frames"
@@ -336,9 +367,10 @@ class ReportBuilder:
         bundle: dict[str, Any],
         most_used: list[tuple[str, int]],
         tile_zoom: Image | None = None,
+        tiles: TileFigures | None = None,
     ) -> None:
         """Write the page to ``path`` atomically (a reader never sees half a report)."""
-        document = self.html(summary, options, bundle, most_used, tile_zoom)
+        document = self.html(summary, options, bundle, most_used, tile_zoom, tiles)
         atomic_write_bytes(Path(path), document.encode("utf-8"))
 
 

@@ -127,12 +127,14 @@ class QualitySummary:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def line(self) -> str:
-        """One line for a summary print-out."""
+    def line(self, *, choices: bool = True) -> str:
+        """One line for a summary print-out; ``choices=False`` leaves out image switches and distinct
+        images (a tile render's frames name only their most used tile: its own figures say more)."""
         flicker = "n/a (still source)" if self.flicker is None else f"{self.flicker:.1f}x source"
+        switches = f"switches {100 * self.switch_rate:.0f}%, {self.distinct_images} images, " if choices else ""
         return (
             f"look: SSIM {self.mean_ssim:.3f}, ΔE {self.mean_delta_e:.1f}, flicker {flicker}, "
-            f"switches {100 * self.switch_rate:.0f}%, {self.distinct_images} images, score {self.mean_score:.3f}"
+            f"{switches}score {self.mean_score:.3f}"
         )
 
 

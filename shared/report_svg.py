@@ -53,6 +53,7 @@ class FrameMarks:
     switched: NDArray[np.bool_]
     held: NDArray[np.bool_]
     cut: NDArray[np.bool_]
+    switch_label: str = "image switch"  # what a switch is (a tile render: its frame's most used tile changed)
 
 
 def nice_ticks(low: float, high: float, count: int = 4) -> list[float]:
@@ -222,7 +223,7 @@ def _series_svg(panel: _Panel, series: PlotSeries) -> list[str]:
 
 def _legend(marks: FrameMarks) -> str:
     entries = [
-        (f'<path d="M0 4V-8" stroke="{SWITCH_STROKE}" stroke-width="1.5"/>', "image switch"),
+        (f'<path d="M0 4V-8" stroke="{SWITCH_STROKE}" stroke-width="1.5"/>', marks.switch_label),
         (f'<rect x="-5" y="-9" width="12" height="12" fill="{HELD_FILL}" fill-opacity="0.6"/>', "threshold hold"),
         (f'<path d="M0 4V-9" stroke="{CUT_STROKE}" stroke-width="1.5" stroke-dasharray="3 2"/>', "scene cut"),
     ]

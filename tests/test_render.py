@@ -596,10 +596,19 @@ def test_tiles_build_each_frame_from_the_atlas_and_rerender_without_matching(
     run = run_cli(media.clip, media.bundle, out, "--tiles", "8x6", "--color-transfer", "off", "--quiet")
     assert run.code == 0, run.stderr
     assert "8x6 tiles from" in run.stdout
+    # The summary's look figures leave out frame-level switches: a frame names only its most used tile.
+    assert "look: SSIM" in run.stdout and " images, score" not in run.stdout
     grids = np.load(out / TILE_GRIDS, allow_pickle=False)
     assert grids.shape == (media.frames, 6, 8) and grids.dtype == np.int32
     data = results(out)
     assert data["tiles"]["grid"] == "8x6" and data["tiles"]["distinct_images"] == len(np.unique(grids)) > 1
+    # The most used tiles over every cell of the clip, most cells first, in results.json and the report.
+    most_used = data["tiles"]["most_used"]
+    cells = np.bincount(grids.ravel())
+    assert [u["cells"] for u in most_used] == sorted(cells[cells > 0], reverse=True)[: len(most_used)]
+    assert all(cells[u["image_id"]] == u["cells"] for u in most_used)
+    report = (out / "report.html").read_text()
+    assert "8x6 (48 cells)" in report and "distinct tiles" in report and "image switches" not in report
     assert data["match_options"]["tiles"] == "8x6"
     # The output is the atlas tiles themselves, each resized to its cell: frame 7's top-left cell.
     from shared.bundle import open_bundle

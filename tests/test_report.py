@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fluxframe_render.report import MAX_ROWS, FrameRecord, ReportBuilder, tile_zoom_crop
+from fluxframe_render.report import MAX_ROWS, FrameRecord, ReportBuilder, TileFigures, tile_zoom_crop
 from shared.report_html import Image
 from shared.report_svg import FrameMarks, PlotSeries, frame_plot_svg, nice_ticks
 from tests.browser import find_chromium, open_page
@@ -88,6 +88,22 @@ def test_a_tile_render_without_photos_gets_two_picture_columns_and_its_zoom(pict
     page = builder.html({}, {}, {}, [], tile_zoom=tile_zoom_crop(picture, (16, 9)))
     assert "matched photo" not in page and "--pictures: 2" in page
     assert page.count('class="thumb"') == 2 * 2 and page.count('class="zoom"') == 1
+
+
+def test_a_tile_render_shows_its_mosaic_figures_not_its_frames_most_used_tile() -> None:
+    builder = ReportBuilder("tiles", 4)
+    for index in range(4):
+        builder.add_frame(_record(index, switched=index == 2), None, None, None)
+    tiles = TileFigures("8x6", 48, 0.125, 37, [("x.jpg", 30), ("y.jpg", 12)])
+    page = builder.html({}, {}, {}, [("a.jpg", 4)], tiles=tiles)
+    assert "8x6 (48 cells)" in page and "12.5% a frame" in page and ">37<" in page
+    # Most-used images count cells: 30 of 4 x 48 cells, not frames of a frame-level image.
+    assert "x.jpg" in page and "15.6%" in page and "a.jpg" not in page
+    assert "image switches" not in page and "threshold holds" not in page and "image switch (" not in page
+    assert "most used tile changed (1)" in page
+    # Without tile figures, the frame-level ones.
+    plain = builder.html({}, {}, {}, [("a.jpg", 4)])
+    assert "image switches" in plain and "cells switching" not in plain and "a.jpg" in plain
 
 
 def test_most_used_counts_the_frames_each_image_is_shown_in() -> None:
