@@ -21,9 +21,10 @@ Pixel work is done in OpenCV's 8-bit LAB (table-driven, ~10x faster than float L
 the change it makes (shifted minus unshifted, in BGR) is computed on the half-size photo and
 added to the full-size photo, upsampled bilinearly. The photo keeps every pixel of its own
 detail. Against a float-LAB reference at full size (10 pool photos x 10 frames of the bench
-clip, 720p, default strengths) the error is that of the full-size 8-bit path: mean 0.68 vs
-0.70 ΔE, p99 2.2 vs 1.8; at a quarter of the size it grew to 0.81, p99 3.2. It costs half
-the CPU (720p, one thread: ~8-9 instead of ~17 ms a frame).
+clip, 720p, default strengths) the error is about that of the full-size 8-bit path: mean 0.66
+vs 0.70 ΔE, p99 2.3 vs 1.8 (worse along thin dark edges: p99 up to 5.2 on the test pictures);
+at a quarter of the size it grew to 0.81, p99 3.2. It costs ~1.7x less CPU (720p, one thread:
+8.3 instead of 14.8 ms a frame while a photo is held).
 """
 
 from __future__ import annotations

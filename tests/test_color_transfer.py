@@ -109,3 +109,54 @@ def test_a_held_photo_is_transferred_as_a_fresh_copy_of_it_would_be(mode: str) -
     assert not np.array_equal(held.apply(photo, other, cut=True), held.apply(photo, frame, cut=True))
     # Another photo after the held one is not mistaken for it.
     assert np.array_equal(held.apply(other, frame, cut=True), fresh.apply(other.copy(), frame, cut=True))
+
+
+def _float_lab(image: Image) -> NDArray[np.float32]:
+    return np.asarray(cv2.cvtColor(image.astype(np.float32) / 255, cv2.COLOR_BGR2Lab), dtype=np.float32)
+
+
+def _local_in_float(photo: Image, frame: Image, params: ColorParams) -> Image:
+    """The local transfer's definition at full size in float CIELAB: the reference for the 8-bit, half-size one."""
+    h, w = photo.shape[:2]
+    strengths = np.array([params.strength, params.chroma_strength, params.chroma_strength], dtype=np.float32)
+    shift = strengths * (grid_means(frame, params.grid) - grid_means(photo, params.grid))
+    quarter = cv2.resize(shift, (w // 4, h // 4), interpolation=cv2.INTER_CUBIC)
+    lab = _float_lab(photo) + cv2.resize(quarter, (w, h), interpolation=cv2.INTER_LINEAR)
+    bgr = np.asarray(cv2.cvtColor(lab, cv2.COLOR_Lab2BGR), dtype=np.float32)
+    return np.asarray(np.clip(bgr * 255 + 0.5, 0, 255), dtype=np.uint8)
+
+
+def test_local_at_half_size_is_as_close_to_the_float_definition_as_8_bit_lab_allows() -> None:
+    """The LAB round trip runs at half size and its change is upsampled onto the full photo.
+
+    Measured on these 12 pairs: mean 0.69-1.04 ΔE, p99 1.7-5.2 (along thin dark edges), where
+    the 8-bit LAB round trip at full size had mean 0.66-0.76, p99 1.6-2.1."""
+    params = ColorParams("local", 0.35, chroma_strength=0.8, grid=(48, 27))
+    pictures = [_at_720p(p) for p in colour_images()[:4]]
+    for photo in pictures:
+        for frame in pictures:
+            if frame is photo:
+                continue
+            out = ColorTransfer(params).apply(photo, frame, cut=True)
+            error = np.linalg.norm(_float_lab(out) - _float_lab(_local_in_float(photo, frame, params)), axis=2)
+            moved = np.linalg.norm(_float_lab(out) - _float_lab(photo), axis=2).mean()
+            assert moved > 5 * error.mean()  # the transfer did something the error is small against
+            assert error.mean() < 1.3 and np.percentile(error, 99) < 6.5
+
+
+def test_a_photo_too_small_to_halve_is_transferred_at_full_size() -> None:
+    frame, photo = (np.asarray(cv2.resize(p, (48, 27), interpolation=cv2.INTER_AREA), np.uint8) for p in _pair())
+    params = ColorParams("local", 1.0, grid=(16, 9))
+    out = ColorTransfer(params).apply(photo, frame, cut=True)
+    before = np.abs(grid_means(frame, (16, 9)) - grid_means(photo, (16, 9))).mean()
+    after = np.abs(grid_means(frame, (16, 9)) - grid_means(out, (16, 9))).mean()
+    assert out.shape == photo.shape and after < 0.35 * before
+
+
+def test_a_frame_with_the_photos_own_light_leaves_every_pixel_of_it() -> None:
+    """No shift, no change: the half-size round trip's own rounding is taken back out (the frame is
+    the photo at 640 px, the size the render decodes source frames at, so its grid means are the photo's)."""
+    for photo in _pair():
+        frame = np.asarray(cv2.resize(photo, (640, 360), interpolation=cv2.INTER_AREA), dtype=np.uint8)
+        out = ColorTransfer(ColorParams("local", 1.0, grid=(16, 9))).apply(photo, frame, cut=True)
+        assert np.array_equal(out, photo)
