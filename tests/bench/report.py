@@ -117,10 +117,11 @@ def limits_section(results: dict[str, Any], names: tuple[str, ...], group: str =
     m = results["machine"]
     rows = [r for g in results["groups"].values() for r in g["rows"] if r["name"] in names]
     how = f"`python -m tests.bench.run --only {group}" + (" --quick`" if results.get("quick") else "`")
+    times = "(`--skip-output` and decoding five times, the others twice)" if group == "render" else "twice"
     return "\n".join(
         [
             f"Measured by {how} on {m['cpu']}, {m['cores']} cores, {m['date']}; each ratio from one run, "
-            "the phase and its limit measured alternately twice and the fastest of each kept.",
+            f"the phase and its limit measured alternately {times} and the fastest of each kept.",
             "",
             markdown_table(rows),
         ]
