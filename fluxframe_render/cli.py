@@ -38,10 +38,10 @@ def summary(result: RenderResult) -> str:
     if stats.get("widened_rows") or stats.get("exact_fallback_rows"):
         # Frames whose probed IVF lists held too few unused images: a higher --nprobe avoids the detour.
         wider = f", IVF widened {stats['widened_rows']} / exact {stats['exact_fallback_rows']} searches"
-    look = f"; {result.quality.line()}" if result.quality is not None else ""
+    # A tile frame names only its most used tile: the mosaic's own figures replace switches and images.
+    look = f"; {result.quality.line(choices=result.tiles is None)}" if result.quality is not None else ""
     if result.tiles is not None:
         t = result.tiles
-        look = f"; {result.quality.line(choices=False)}" if result.quality is not None else ""
         images = f"{t['grid']} tiles from {t['distinct_images']} distinct images"
         images += f", cells switching {t['cell_switch_rate']:.0%}"
         return (
