@@ -116,7 +116,8 @@ def limits_section(results: dict[str, Any], names: tuple[str, ...], group: str =
     """The rows that set a phase beside its limit in one run (ratios: they hold even on a quick run)."""
     m = results["machine"]
     rows = [r for g in results["groups"].values() for r in g["rows"] if r["name"] in names]
-    how = f"`python -m tests.bench.run --only {group}" + (" --quick`" if results.get("quick") else "`")
+    quick = results["groups"].get(group, {}).get("quick", results.get("quick"))  # the group's own run
+    how = f"`python -m tests.bench.run --only {group}" + (" --quick`" if quick else "`")
     times = "(`--skip-output` and decoding five times, the others twice)" if group == "render" else "twice"
     return "\n".join(
         [

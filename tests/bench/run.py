@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average": load_average(),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "large": args.large,
+            "quick": args.quick,  # a later run of other groups rewrites this group's sections from it
         }
         if kept:
             # A plain run does not measure the 500k/1M pools: their last --large figures stay.

@@ -43,7 +43,8 @@ OVERHEAD_PCT = 15.0
 # "Flat" peak memory: the 1M render may hold at most this much more private memory than the 20k one.
 FLAT_RSS_RATIO = 1.25
 OVERHEAD_IMAGES = 2_000
-SPEED_REPEATS = 2  # renders and x264-alone runs, alternating; the fastest of each
+# Renders and x264-alone runs, alternating; the fastest of each (x264 alone ranged 54-86 fps in one run).
+SPEED_REPEATS = 3
 # Best of: on a shared machine one build of 2,000 JPEGs varied by 70 % between rounds (11.6 s, 19.8 s).
 OVERHEAD_ROUNDS = 3
 
