@@ -35,8 +35,13 @@ from shared.errors import BundleError, UsageError
 # FAISS scores flat searches with BLAS only when queries x dim reaches this (128,000 by
 # default: 340 queries at 376-d); below it, its per-query loop is 7x slower at 1M rows
 # (34 ms against 5.8 ms a query for a batch of 232, measured). A clip's last, partial
-# batch fell there. Below ~11 queries at 376-d the loop is as fast, so it keeps them.
-FAISS_BLAS_THRESHOLD = 4096
+# batch fell there. Where the two cross (one thread, ms or us a query, loop vs BLAS):
+# 376-d frame vectors, 200k rows: 1 query 16 vs 45 ms, 2: 19 vs 24, 4: 17 vs 11, 8: 17 vs 6.4;
+# 48-d tile descriptors, 20k rows: 1: 272 vs 866 us, 4: 140 vs 133, 8: 145 vs 93, 20: 173 vs 68,
+# 50: 136 vs 62. 1,024 is 3 queries at 376-d and 22 at 48-d: the loop keeps only batches it
+# is about as fast for (it was 4,096: 11 and 86, which left 4-10 frames or 22-85 cells 1.5-2.7x
+# slower than BLAS).
+FAISS_BLAS_THRESHOLD = 1024
 
 
 def use_blas_for_small_batches() -> None:
