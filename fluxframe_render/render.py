@@ -206,14 +206,18 @@ class _Render:
             grids = _tile_grids(self.out, self.tile_grid())
             changed = float(np.mean(grids[1:] != grids[:-1])) if len(grids) > 1 else 0.0
             ids, cells = np.unique(grids, return_counts=True)
-            top = np.lexsort((ids, -cells))[:MOST_USED]  # most cells first, ties by id
+            top = [int(i) for i in np.lexsort((ids, -cells))[:MOST_USED]]  # most cells first, ties by id
+            paths = self.bundle.relative_paths([int(ids[i]) for i in top])
             self._tile_summary = {
                 "grid": self.options.tiles,
                 "grids_file": TILE_GRIDS,
                 "frames": int(grids.shape[0]),
                 "distinct_images": int(ids.size),
                 "cell_switch_rate": round(changed, 6),
-                "most_used": [{"image_id": int(ids[i]), "cells": int(cells[i])} for i in top],
+                "most_used": [
+                    {"image_id": int(ids[i]), "path": path, "cells": int(cells[i])}
+                    for i, path in zip(top, paths, strict=True)
+                ],
             }
         return self._tile_summary
 
@@ -617,7 +621,7 @@ def _write_report(run: _Render, sink: ReportSink, choices: list[Choice], quality
             cells=cols * rows,
             cell_switch_rate=tiles["cell_switch_rate"],
             distinct_tiles=tiles["distinct_images"],
-            most_used=[(sink.name_of(used["image_id"]), used["cells"]) for used in tiles["most_used"]],
+            most_used=[(used["path"], used["cells"]) for used in tiles["most_used"]],
         )
         # A frame's "image" is only its most used tile: the mosaic's own figures replace those.
         del summary["distinct images"], summary["switch rate"]

@@ -607,6 +607,7 @@ def test_tiles_build_each_frame_from_the_atlas_and_rerender_without_matching(
     cells = np.bincount(grids.ravel())
     assert [u["cells"] for u in most_used] == sorted(cells[cells > 0], reverse=True)[: len(most_used)]
     assert all(cells[u["image_id"]] == u["cells"] for u in most_used)
+    assert most_used[0]["path"] in (out / "report.html").read_text()  # named as full-frame totals name them
     report = (out / "report.html").read_text()
     assert "8x6 (48 cells)" in report and "distinct tiles" in report and "image switches" not in report
     assert data["match_options"]["tiles"] == "8x6"
