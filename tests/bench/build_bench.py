@@ -47,6 +47,7 @@ LIMIT_REPEATS = 2  # the build and its limit, alternately; the fastest of each c
 LIMIT_ROW = "canny build / decode alone"
 LIMIT_ROWS = (LIMIT_ROW,)
 LIMITS_SECTION = "build-limits"  # docs/performance.md's section for it (report.limits_section)
+LIMITS_REPEATED = f"{LIMIT_REPEATS} times"
 CHUNK_SIZE = 256  # BuildOptions' default; the decode-alone limit hands out the same chunks
 
 

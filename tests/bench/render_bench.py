@@ -69,6 +69,7 @@ RECALL_ROW = "copy recall@1, frames decoded at 2x comparison size"
 E2E_ROW = "end to end / libx264 encode alone"
 LIMIT_ROWS = (MATCH_ROW, RECALL_ROW, E2E_ROW)
 LIMITS_SECTION = "render-limits"  # docs/performance.md's section for them (report.limits_section)
+LIMITS_REPEATED = f"(`--skip-output` and decoding {MATCH_REPEATS} times, the others {LIMIT_REPEATS})"
 
 
 def render_once(

@@ -112,17 +112,17 @@ def readme_section(results: dict[str, Any]) -> str:
     )
 
 
-def limits_section(results: dict[str, Any], names: tuple[str, ...], group: str = "render") -> str:
-    """The rows that set a phase beside its limit in one run (ratios: they hold even on a quick run)."""
+def limits_section(results: dict[str, Any], names: tuple[str, ...], group: str, repeated: str) -> str:
+    """The rows that set a phase beside its limit in one run (ratios: they hold even on a quick run);
+    ``repeated`` says how many alternating pairs each ratio took."""
     m = results["machine"]
     rows = [r for g in results["groups"].values() for r in g["rows"] if r["name"] in names]
     quick = results["groups"].get(group, {}).get("quick", results.get("quick"))  # the group's own run
     how = f"`python -m tests.bench.run --only {group}" + (" --quick`" if quick else "`")
-    times = "(`--skip-output` and decoding five times, the others twice)" if group == "render" else "twice"
     return "\n".join(
         [
             f"Measured by {how} on {m['cpu']}, {m['cores']} cores, {m['date']}; each ratio from one run, "
-            f"the phase and its limit measured alternately {times} and the fastest of each kept.",
+            f"the phase and its limit measured alternately {repeated} and the fastest of each kept.",
             "",
             markdown_table(rows),
         ]

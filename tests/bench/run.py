@@ -172,11 +172,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"updated the bench section of {args.readme}")
             else:
                 print(f"{args.readme} has no <!-- bench:start --> ... <!-- bench:end --> section; left unchanged")
-        for group, names, section in (
-            ("render", render_bench.LIMIT_ROWS, render_bench.LIMITS_SECTION),
-            ("build", build_bench.LIMIT_ROWS, build_bench.LIMITS_SECTION),
+        for group, names, section, repeated in (
+            ("render", render_bench.LIMIT_ROWS, render_bench.LIMITS_SECTION, render_bench.LIMITS_REPEATED),
+            ("build", build_bench.LIMIT_ROWS, build_bench.LIMITS_SECTION, build_bench.LIMITS_REPEATED),
         ):
-            if group in ordered and update_readme(args.readme, limits_section(results, names, group), section):
+            section_text = limits_section(results, names, group, repeated)
+            if group in ordered and update_readme(args.readme, section_text, section):
                 print(f"updated the {section} section of {args.readme}")
     missed = [r for r in all_rows if r["met"] is False]
     if missed:
