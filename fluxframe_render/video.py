@@ -244,8 +244,13 @@ class FrameReader:
     def __iter__(self) -> Iterator[SourceFrame]:
         return self.iter()
 
-    def iter(self, size: tuple[int, int] | None = None) -> Iterator[SourceFrame]:
-        """The output frames; with ``size`` = (w, h) as displayed, each picture is scaled to it (area averaging)."""
+    def iter(self, size: tuple[int, int] | None = None, *, deblock: bool = True) -> Iterator[SourceFrame]:
+        """The output frames; with ``size`` = (w, h) as displayed, each picture is scaled to it (area averaging).
+
+        ``deblock=False`` skips the decoder's in-loop deblocking filter (FFmpeg's
+        ``skip_loop_filter``): for pictures that are only scaled down and compared, where the
+        area filter averages block edges away anyway. It saves ~20 % of H.264 decoding's CPU.
+        """
         if self.finished or self.decoded:
             raise RuntimeError("a FrameReader can be iterated once")
         container = _open_input(self.path)
@@ -254,6 +259,9 @@ class FrameReader:
             if stream is None:
                 raise InputError(f"no video stream in {self.path}")
             stream.thread_type = "AUTO"
+            if not deblock:
+                # A generic codec option: decoders without a loop filter ignore it.
+                stream.codec_context.options = {"skip_loop_filter": "all"}
             reformatter = VideoReformatter()
             step = 1.0 / self.info.fps
             first_time: float | None = None

@@ -20,7 +20,15 @@ from fluxframe_render.video import (
     probe_video,
 )
 from shared.errors import InputError, OutputError, UsageError
-from tests.media import describe_video, make_audio_file, make_test_video, rotate_mp4_display, skimage_images, sweep
+from tests.media import (
+    describe_video,
+    make_audio_file,
+    make_test_video,
+    real_clip,
+    rotate_mp4_display,
+    skimage_images,
+    sweep,
+)
 
 FPS = 10.0
 SECONDS = 3.0  # three pictures, one second each
@@ -324,3 +332,17 @@ def test_frames_decoded_at_a_size_match_the_full_frames_scaled(
         expected = cv2.resize(full, size, interpolation=cv2.INTER_AREA)
         assert frame.image.shape == (size[1], size[0], 3) and frame.image.flags.c_contiguous
         assert _mad(frame.image, expected) < 2.0
+
+
+def test_frames_decoded_without_deblocking_keep_the_schedule_and_stay_close_when_scaled() -> None:
+    """Real H.264 footage: the same frames in the same order; at full size the skipped loop filter
+    shows (so the option reaches the decoder), scaled to the match phase's size it is nearly averaged away."""
+    video = real_clip("bigbuckbunny")
+    full = list(FrameReader(video))
+    unfiltered = list(FrameReader(video).iter(deblock=False))
+    assert [f.source_index for f in unfiltered] == [f.source_index for f in full]
+    assert max(_mad(a.image, b.image) for a, b in zip(unfiltered, full)) > 1.0
+    size = (256, 144)
+    small = [f.image for f in FrameReader(video).iter(size, deblock=False)]
+    differences = [_mad(a, cv2.resize(b.image, size, interpolation=cv2.INTER_AREA)) for a, b in zip(small, full)]
+    assert float(np.mean(differences)) < 3.0 and max(differences) < 4.5

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from fluxframe_render.match import decode_size
+from fluxframe_render.match import DEBLOCK_FOR_MATCHING, decode_size
 from fluxframe_render.render import RenderOptions, render
 from fluxframe_render.video import FrameReader
 from shared.bundle import open_bundle
@@ -181,7 +181,8 @@ def decode_scale_recall(bundle: str, pool_root: str, scratch: str, frames: int =
 
     A 720p video of ``frames`` degraded pool pictures (tests/pools.py's degradations, one
     picture per frame) is described twice: frames decoded at full size and prepared by
-    prepare_image, and frames decoded straight to match.decode_size and then prepared. Each
+    prepare_image, and frames decoded as the match phase does (straight to match.decode_size,
+    without deblocking unless DEBLOCK_FOR_MATCHING) and then prepared. Each
     query's top-1 over the whole bundle (exact, default weights) is compared with its original.
     """
     opened = open_bundle(Path(bundle), verify=False)
@@ -200,8 +201,9 @@ def decode_scale_recall(bundle: str, pool_root: str, scratch: str, frames: int =
     expected = np.asarray(ids, dtype=np.int64)
     out: dict[str, Any] = {"frames": frames, "decode_size": decode_size((1280, 720), size)}
     queries = {}
-    for name, decoded_at in (("full", None), ("scaled", decode_size((1280, 720), size))):
-        prepared = [prepare_image(f.image, size) for f in FrameReader(video).iter(decoded_at)]
+    as_matched = (decode_size((1280, 720), size), DEBLOCK_FOR_MATCHING)
+    for name, (decoded_at, deblock) in (("full", (None, True)), ("scaled", as_matched)):
+        prepared = [prepare_image(f.image, size) for f in FrameReader(video).iter(decoded_at, deblock=deblock)]
         queries[name] = weight_query(extractor.extract(prepared), extractor.blocks, weights)
         scores, found = exact_search(np.asarray(opened.vectors), queries[name], 1)
         out[f"recall_at_1_{name}"] = float((found[: len(ids), 0] == expected[: found.shape[0]]).mean())
@@ -274,8 +276,9 @@ def _limits(ctx: Context, figures: dict[str, Any]) -> None:
     )
     figures["decode_scale_recall"] = recall
     full_recall, scaled_recall = recall["recall_at_1_full"], recall["recall_at_1_scaled"]
+    deblocking = "deblocked" if DEBLOCK_FOR_MATCHING else "not deblocked, as matched"
     note = (
-        f"full-size decode {full_recall:.3f}; top-1 score {recall['mean_top1_score_scaled']:.4f} vs "
+        f"{deblocking}; full-size deblocked decode {full_recall:.3f}; top-1 score {recall['mean_top1_score_scaled']:.4f} vs "
         f"{recall['mean_top1_score_full']:.4f}; query cosine mean {recall['query_cosine_mean']:.4f}, "
         f"min {recall['query_cosine_min']:.4f}"
     )
