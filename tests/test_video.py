@@ -341,8 +341,8 @@ def test_frames_decoded_without_deblocking_keep_the_schedule_and_stay_close_when
     full = list(FrameReader(video))
     unfiltered = list(FrameReader(video).iter(deblock=False))
     assert [f.source_index for f in unfiltered] == [f.source_index for f in full]
-    assert max(_mad(a.image, b.image) for a, b in zip(unfiltered, full)) > 1.0
+    assert max(_mad(a.image, b.image) for a, b in zip(unfiltered, full, strict=True)) > 1.0
     size = (256, 144)
     small = [f.image for f in FrameReader(video).iter(size, deblock=False)]
-    differences = [_mad(a, cv2.resize(b.image, size, interpolation=cv2.INTER_AREA)) for a, b in zip(small, full)]
+    differences = [_mad(a, cv2.resize(b.image, size, interpolation=cv2.INTER_AREA)) for a, b in zip(small, full, strict=True)]
     assert float(np.mean(differences)) < 3.0 and max(differences) < 4.5

@@ -278,7 +278,8 @@ def _limits(ctx: Context, figures: dict[str, Any]) -> None:
     full_recall, scaled_recall = recall["recall_at_1_full"], recall["recall_at_1_scaled"]
     deblocking = "deblocked" if DEBLOCK_FOR_MATCHING else "not deblocked, as matched"
     note = (
-        f"{deblocking}; full-size deblocked decode {full_recall:.3f}; top-1 score {recall['mean_top1_score_scaled']:.4f} vs "
+        f"{deblocking}; full-size deblocked decode {full_recall:.3f}; "
+        f"top-1 score {recall['mean_top1_score_scaled']:.4f} vs "
         f"{recall['mean_top1_score_full']:.4f}; query cosine mean {recall['query_cosine_mean']:.4f}, "
         f"min {recall['query_cosine_min']:.4f}"
     )
