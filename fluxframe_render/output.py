@@ -71,12 +71,14 @@ class ChoiceFrames(Source[OutputFrame]):
         self.feed.cancel()
 
 
-def source_size(width: int, height: int, full: bool) -> tuple[int, int] | None:
-    """The size the output phase decodes source frames at: at most SOURCE_WIDTH wide, unless ``full``
-    (a stage needs every pixel: tile colour transfer describes each cell of the source)."""
-    if full or width <= SOURCE_WIDTH:
+def source_size(width: int, height: int, needed_width: int = SOURCE_WIDTH) -> tuple[int, int] | None:
+    """The size the output phase decodes source frames at: the least of the video's width and
+    SOURCE_WIDTH or ``needed_width`` (tile colour transfer describes the source at its grid's
+    describe size), whichever is wider; None for the video's own size."""
+    wide = max(SOURCE_WIDTH, needed_width)
+    if width <= wide:
         return None
-    return SOURCE_WIDTH, max(2, round(height * SOURCE_WIDTH / width))
+    return wide, max(2, round(height * wide / width))
 
 
 class FullFrame(Stage[OutputFrame, OutputFrame]):

@@ -43,7 +43,7 @@ from fluxframe_render.checkpoint import (
 from fluxframe_render.choice_feed import ChoiceFeed, FeedGrids
 from fluxframe_render.coherence import HoldParams, SmoothParams
 from fluxframe_render.color_transfer import ColorParams, ColorTransfer
-from fluxframe_render.compose import JpegWriter, MatchedImages
+from fluxframe_render.compose import SOURCE_WIDTH, JpegWriter, MatchedImages
 from fluxframe_render.lock import OutputLock
 from fluxframe_render.match import Batch, Describe, FrameMatcher, Scenes, Search, VideoFrames, auto_match_batch
 from fluxframe_render.options import COHERENCE_CANDIDATES, RenderOptions, parse_grid
@@ -60,7 +60,7 @@ from fluxframe_render.tile_compose import TileComposer
 from fluxframe_render.tile_match import TileIndex, TileMatcher, TileRules
 from fluxframe_render.tile_record import TILE_GRIDS, TILE_LOG, TileGridLog, read_tile_grids
 from fluxframe_render.tile_stages import TileCompose, TileFrames, TileSelect
-from fluxframe_render.tiles import CellGeometry
+from fluxframe_render.tiles import CellGeometry, describe_size
 from fluxframe_render.video import FrameReader, VideoInfo, VideoWriter, output_schedule, probe_video
 from shared import __version__
 from shared.atomic import atomic_write_json
@@ -515,8 +515,11 @@ def _output(run: _Render, feed: ChoiceFeed, fps: float, root: Path, overlap: Ove
     jpegs = JpegWriter()
     names = _Names(run.bundle)
     # Source frames are decoded again for the look metrics, colour transfer, samples and the report.
-    full_source = options.tiles is not None and options.tile_color_strength > 0
-    source = ChoiceFrames(feed, run.reader(), source_size(info.width, info.height, full_source))
+    geometry = CellGeometry.for_frame(info.width, info.height, run.tile_grid()) if options.tiles is not None else None
+    needed_width = SOURCE_WIDTH
+    if geometry is not None and options.tile_color_strength > 0:
+        needed_width = describe_size(geometry, run.bundle.tile_spec())[0]  # tile colour describes the source's cells
+    source = ChoiceFrames(feed, run.reader(), source_size(info.width, info.height, needed_width))
     colour = ColorParams(
         options.color_transfer,
         options.color_strength,
@@ -525,9 +528,9 @@ def _output(run: _Render, feed: ChoiceFeed, fps: float, root: Path, overlap: Ove
     )
     quality = Quality(with_photo=colour.mode != "off")
     compose: Stage[OutputFrame, OutputFrame]
-    if options.tiles is not None:
+    if geometry is not None:
         compose = TileCompose(
-            TileComposer(run.bundle.atlas, CellGeometry.for_frame(info.width, info.height, run.tile_grid())),
+            TileComposer(run.bundle.atlas, geometry),
             FeedGrids(feed),
             run.bundle.tile_spec(),
             run.bundle.tile_descriptors,

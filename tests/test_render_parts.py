@@ -282,8 +282,10 @@ def test_a_sample_takes_the_output_s_size_whatever_size_the_source_frame_was_dec
     from fluxframe_render.output import source_size
 
     output = np.zeros((720, 1280, 3), dtype=np.uint8)
-    size = source_size(1280, 720, full=False)
-    assert size == (640, 360) and source_size(1280, 720, full=True) is None and source_size(640, 360, False) is None
+    size = source_size(1280, 720)
+    assert size == (640, 360) and source_size(640, 360) is None
+    # A stage that needs more (tile colour at a fine grid) widens it, up to the video's own size.
+    assert source_size(1920, 1080, 1024) == (1024, 576) and source_size(1280, 720, 1600) is None
     small_source = np.full((360, 640, 3), 200, dtype=np.uint8)
     sample = side_by_side(small_source, output, "frame", "match")
     assert sample.shape == (360, 1280, 3)

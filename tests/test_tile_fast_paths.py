@@ -13,7 +13,7 @@ from fluxframe_render.tile_cache import CandidateCache
 from fluxframe_render.tile_compose import TileComposer
 from fluxframe_render.tile_match import TileIndex, TileMatcher, TileRules
 from fluxframe_render.tile_stages import TileFrames
-from fluxframe_render.tiles import CellGeometry, describe_frame, frame_cells
+from fluxframe_render.tiles import CellGeometry, describe_frame, describe_size
 from fluxframe_render.video import FrameReader
 from shared.tiles import TileSpec, atlas_tile, describe_mosaic, describe_tiles
 from tests.media import make_test_video
@@ -83,27 +83,19 @@ def test_matching_with_and_without_the_cache_chooses_the_same_tiles() -> None:
 
 
 def test_a_whole_mosaic_is_described_bit_for_bit_as_its_tiles_cut_apart() -> None:
-    geometry = CellGeometry.for_frame(320, 180, GRID)  # 20 px cells, enlarged to 32 px: the per-cell path
-    image = _u8(
-        cv2.resize(colour_images()[1], (GRID[0] * SPEC.size, GRID[1] * SPEC.size), interpolation=cv2.INTER_AREA)
-    )
-    tiles = frame_cells(image, CellGeometry.for_frame(image.shape[1], image.shape[0], GRID), SPEC.size)
-    np.testing.assert_array_equal(describe_mosaic(image, *GRID), describe_tiles(tiles))
-    full = _u8(cv2.resize(colour_images()[1], (1280, 720), interpolation=cv2.INTER_AREA))
-    wide = CellGeometry.for_frame(1280, 720, (32, 18))
-    cut = frame_cells(full, wide, SPEC.size)
-    np.testing.assert_array_equal(describe_frame(full, wide, SPEC), describe_tiles(cut))
-    assert not geometry.uniform_for(SPEC.size) and wide.uniform_for(SPEC.size)
+    side = SPEC.size
+    image = _u8(cv2.resize(colour_images()[1], (GRID[0] * side, GRID[1] * side), interpolation=cv2.INTER_AREA))
+    tiles = image.reshape(GRID[1], side, GRID[0], side, 3).transpose(0, 2, 1, 3, 4).reshape(-1, side, side, 3)
+    np.testing.assert_array_equal(describe_mosaic(image, *GRID), describe_tiles(np.ascontiguousarray(tiles)))
 
 
-def test_frames_decoded_at_the_mosaic_size_describe_cells_as_the_full_frames_do(tmp_path: Path) -> None:
+def test_frames_decoded_at_the_describe_size_describe_cells_as_the_full_frames_do(tmp_path: Path) -> None:
     video = make_test_video(tmp_path / "clip.mp4", colour_images()[:2], fps=5, size=(640, 360), audio=False)
-    geometry = CellGeometry.for_frame(640, 360, GRID)  # 40 px cells
+    geometry = CellGeometry.for_frame(640, 360, GRID)  # 40 px cells, described at 128x72
     scaled = TileFrames(FrameReader(video), geometry, SPEC, batch=4)
-    assert geometry.uniform_for(SPEC.size)
     got = np.concatenate([np.stack(batch.cells) for batch in scaled.items()])
     full = np.stack([describe_frame(f.image, geometry, SPEC) for f in FrameReader(video)])
-    assert got.shape == full.shape
+    assert got.shape == full.shape and describe_size(geometry, SPEC) == (128, 72)
     gap = np.linalg.norm(got - full, axis=-1)  # RMS ΔE per cell, between two area scalers
     assert gap.mean() < 1.0 and np.percentile(gap, 99) < 4.0
     assert gap.max() > 0  # the decoder's scaler really was used
