@@ -255,7 +255,7 @@ def test_changed_options_win_and_earlier_matches_come_back(media: Media, tmp_pat
     assert picks(tmp_path) == matched  # matched again from scratch: the same picks
 
 
-# 320x180 is decoded at full size; 1280x720 at twice the comparison size (match.decode_size).
+# Both are scaled to the 256x144 comparison size as they are decoded (match.decode_size): 320x180 a little, 1280x720 5x.
 @pytest.mark.parametrize("size", [(320, 180), (1280, 720)])
 def test_copy_detection_recall_through_ff_render(media: Media, tmp_path: Path, size: tuple[int, int]) -> None:
     """A video of degraded pool pictures: ff-render must find each one's original (recall@1 >= 0.9)."""

@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 from fluxframe_render.checkpoint import Checkpoint, Header
 from fluxframe_render.compose import JpegWriter, encode_jpeg
 from fluxframe_render.lock import LOCK_NAME, OutputLock
-from fluxframe_render.match import Batch, Describe, auto_match_batch, decode_size
+from fluxframe_render.match import DECODE_OVERSAMPLE, Batch, Describe, auto_match_batch, decode_size
 from fluxframe_render.pipeline import Runner, Source, Stage
 from fluxframe_render.select import FIRST_BELOW_THRESHOLD, HELD, Choice, FrameRef, SelectionPolicy, Selector
 from shared.errors import StateError, UsageError
@@ -194,13 +194,15 @@ def test_checkpoint_tolerates_a_repeated_save_but_not_a_conflicting_one(tmp_path
         Checkpoint.open(path, _header())
 
 
-def test_frames_are_decoded_at_twice_the_comparison_size_of_their_crop() -> None:
-    assert decode_size((1280, 720), (256, 144)) == (512, 288)
-    # A 4:3 bundle crops the 16:9 frame to 960x720, which shrinks to 512x384: the frame to 683x384.
-    assert decode_size((1280, 720), (256, 192)) == (683, 384)
-    assert decode_size((320, 180), (256, 144)) is None  # already smaller: decoded at full size
-    # A portrait frame cropped to 16:9 keeps its whole width, which shrinks from 720 to 512.
-    assert decode_size((720, 1280), (256, 144)) == (512, 910)
+def test_frames_are_decoded_at_the_comparison_size_of_their_crop() -> None:
+    assert DECODE_OVERSAMPLE == 1
+    assert decode_size((1280, 720), (256, 144)) == (256, 144)
+    # A 4:3 bundle crops the 16:9 frame to 960x720, which shrinks to 256x192: the frame to 341x192.
+    assert decode_size((1280, 720), (256, 192)) == (341, 192)
+    assert decode_size((320, 180), (256, 144)) == (256, 144)
+    assert decode_size((200, 112), (256, 144)) is None  # already smaller: decoded at full size
+    # A portrait frame cropped to 16:9 keeps its whole width, which shrinks from 720 to 256.
+    assert decode_size((720, 1280), (256, 144)) == (256, 455)
 
 
 def test_a_held_picture_is_encoded_once_and_written_under_every_name(tmp_path: Path) -> None:
