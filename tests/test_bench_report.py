@@ -34,3 +34,17 @@ def test_rows_of_groups_not_run_are_kept_in_group_order_and_the_run_groups_repla
     assert merged[0].endswith("Rows of groups not measured in this run (render, search) are from earlier runs.")
     # Nothing to keep: the section is the run's own.
     assert keep_other_groups(fresh, previous, {"build", "search", "render"}, ORDER) == fresh
+
+
+def test_a_group_not_run_keeps_its_published_rows_over_older_figures_in_the_results() -> None:
+    """OUT/results.json's search group is a plain run; the README shows a --large run's extra rows."""
+    published = section([row("search", "exact 20k", "0.17"), row("search", "exact 1M", "4.4"), row("tiles", "t", "21")])
+    regenerated = section([row("search", "exact 20k", "0.19"), row("tiles", "t", "25"), row("render", "e2e", "39")])
+    merged = keep_other_groups(regenerated, published, {"tiles"}, [*ORDER, "tiles"]).splitlines()
+    body = [line for line in merged if line.startswith("| ") and not line.startswith("| Group")]
+    assert [(line.split("|")[2].strip(), line.split("|")[4].strip()) for line in body] == [
+        ("exact 20k", "0.17"),
+        ("exact 1M", "4.4"),
+        ("e2e", "39"),  # a group the README did not show yet comes in
+        ("t", "25"),
+    ]

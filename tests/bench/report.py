@@ -130,14 +130,17 @@ def limits_section(results: dict[str, Any], names: tuple[str, ...], group: str, 
 
 
 def keep_other_groups(section: str, previous: str, measured: set[str], order: list[str]) -> str:
-    """``section``'s table plus the rows of ``previous`` (the README's current bench section) whose
-    group has no figures in this run, in ``order``: a run with a fresh --out folder and --only some
-    groups refreshes those groups' rows and keeps the others' instead of dropping them."""
+    """``section``'s rows of the ``measured`` groups plus the rows of ``previous`` (the README's
+    current bench section) of every other group, in ``order``: a run of some groups refreshes
+    their rows and leaves the others' as published. (OUT/results.json may hold an older or
+    smaller run of a group than the README shows: a plain run after a --large one, a fresh
+    --out folder.) A group the README does not show yet comes from ``section``."""
+    shown = {_row_group(line) for line in previous.splitlines()} - {None}
     kept = [line for line in previous.splitlines() if _row_group(line) not in (None, *measured)]
     if not kept:
         return section
     lines = section.splitlines()
-    rows = [line for line in lines if _row_group(line) is not None]
+    rows = [line for line in lines if _row_group(line) in measured or _row_group(line) not in (None, *shown)]
     rank = {name: i for i, name in enumerate(order)}
     merged = sorted(rows + kept, key=lambda line: rank.get(_row_group(line) or "", len(order)))
     head = [line for line in lines if _row_group(line) is None]

@@ -165,9 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         # A quick run's small sizes would replace the whole table with figures not to quote:
         # it writes only the limits section, whose ratios come from one run.
         if not args.quick:
-            section = keep_other_groups(
-                readme_section(results), current_section(args.readme), set(ordered), list(GROUPS)
-            )
+            measured = set(ordered) if args.report_only else set(args.groups)
+            section = keep_other_groups(readme_section(results), current_section(args.readme), measured, list(GROUPS))
             if update_readme(args.readme, section):
                 print(f"updated the bench section of {args.readme}")
             else:
