@@ -55,7 +55,7 @@ class TileFrames(Source[TileBatch]):
         # swscale pass, 0.3 ms at 256x144 against 1.5 ms at 1024x576 and 1.9 at 720p, one core). Its
         # area filter is not OpenCV's: cells differ by 0.70-0.75 ΔE RMS on average (p99 1.3-1.6)
         # from the 720p frame scaled by OpenCV. Deblocked, unlike the full-frame match phase's:
-        # skipping the loop filter doubled that p99 here (measured), and tiles follow colours closely.
+        # skipping the loop filter raised that p99 to 2.5-3.9 (measured), and tiles follow colours.
         info = self.reader.info
         size = describe_size(self.geometry, self.spec)
         smaller = size[0] <= info.width and size[1] <= info.height
