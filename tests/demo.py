@@ -94,7 +94,9 @@ def main(out_root: Path) -> int:
         print("making a pool of real pictures: package photos (crops, colour variants) and a street clip's frames")
         count = make_demo_pool(pool)
         (pool / ".complete").write_text(f"{count}\n")
-    _run([str(bin_dir / "ff-index"), "build", str(pool), str(bundle), "--quiet"])
+    # The demo owns demo-out: a bundle an older FluxFrame built with other feature code is rebuilt
+    # (--replace), one that is up to date is kept as it is.
+    _run([str(bin_dir / "ff-index"), "build", str(pool), str(bundle), "--quiet", "--replace"])
     renders = {"full frame": out_root / "full", "tiles 32x18": out_root / "tiles"}
     ff_render = str(bin_dir / "ff-render")
     samples = ["--save-samples", "4", "--sample-interval", "30"]
