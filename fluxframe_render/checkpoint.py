@@ -32,6 +32,7 @@ from shared.hashing import canonical_json, sha256_json
 CHECKPOINT_NAME = "checkpoint.jsonl"
 # Match options derived by ff-render, not chosen by the user: never shown to them.
 INTERNAL_KEYS = ("k", "match_batch")
+FRAME_INPUT_KEY = "frame_input"  # match options' version of how frames are read (match.FRAME_INPUT_VERSION)
 CHECKPOINT_VERSION = 1
 # Bytes hashed at each end of the video to recognise it cheaply (whole-file hashing of a
 # multi-GB video would cost more than a short render).
@@ -120,7 +121,12 @@ def _differences(old: Header, new: Header) -> str:
         if key in INTERNAL_KEYS:
             continue  # derived from what the user chose: naming them would only confuse
         before, after = old.match_options.get(key), new.match_options.get(key)
-        if before != after:
+        if before == after:
+            continue
+        if key == FRAME_INPUT_KEY:
+            # Not an option: the matches were made by a FluxFrame that read frames another way.
+            changes.append(f"frames read for matching by another FluxFrame version ({json.dumps(before)} -> {after})")
+        else:
             changes.append(f"{key} {json.dumps(before)} -> {json.dumps(after)}")
     return ", ".join(changes) or "checkpoint header differs"
 

@@ -46,6 +46,11 @@ DECODE_OVERSAMPLE = 1
 # H.264 decoding then costs ~16 % less CPU (the phase's largest part); copy recall is
 # measured by the render bench's recall row, decoded this way.
 DEBLOCK_FOR_MATCHING = False
+# How the match phase turns video frames into what it compares (decoding, scaling, describing,
+# tile cells included). A checkpoint made by another version is matched again instead of
+# resumed: its choices came from other pictures, and a resumed render must equal a fresh one.
+# 2: decoded at the comparison size without deblocking; tile cells described at 2 px a block.
+FRAME_INPUT_VERSION = 2
 
 
 def decode_size(video: tuple[int, int], prepared: tuple[int, int]) -> tuple[int, int] | None:

@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 from fluxframe_render.assign import candidate_depth
 from fluxframe_render.checkpoint import (
     CHECKPOINT_NAME,
+    FRAME_INPUT_KEY,
     INTERNAL_KEYS,
     Checkpoint,
     Commit,
@@ -45,7 +46,16 @@ from fluxframe_render.coherence import HoldParams, SmoothParams
 from fluxframe_render.color_transfer import ColorParams, ColorTransfer
 from fluxframe_render.compose import SOURCE_WIDTH, JpegWriter, MatchedImages
 from fluxframe_render.lock import OutputLock
-from fluxframe_render.match import Batch, Describe, FrameMatcher, Scenes, Search, VideoFrames, auto_match_batch
+from fluxframe_render.match import (
+    FRAME_INPUT_VERSION,
+    Batch,
+    Describe,
+    FrameMatcher,
+    Scenes,
+    Search,
+    VideoFrames,
+    auto_match_batch,
+)
 from fluxframe_render.options import COHERENCE_CANDIDATES, RenderOptions, parse_grid
 from fluxframe_render.output import ChoiceFrames, Colour, FullFrame, OutputFrame, Quality, source_size
 from fluxframe_render.overlap import Overlap
@@ -267,6 +277,7 @@ class _Render:
         if o.tiles is not None:
             cols, rows = self.tile_grid()
             return {
+                FRAME_INPUT_KEY: FRAME_INPUT_VERSION,
                 "tiles": f"{cols}x{rows}",
                 "tile_max_uses": o.tile_max_uses,
                 "tile_distance": o.tile_distance,
@@ -276,6 +287,7 @@ class _Render:
                 "max_seconds": o.max_seconds,
             }
         chosen: dict[str, Any] = {
+            FRAME_INPUT_KEY: FRAME_INPUT_VERSION,
             "weights": normalize_weights(self.bundle.manifest.blocks, o.weights()),
             "search_depth": o.search_depth,
             "nprobe": self.nprobe(),

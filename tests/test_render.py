@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fluxframe_render.checkpoint import CHECKPOINT_NAME
+from fluxframe_render.checkpoint import CHECKPOINT_NAME, FRAME_INPUT_KEY, Header
 from fluxframe_render.lock import LOCK_NAME
 from shared.errors import EXIT_BUNDLE, EXIT_INPUT, EXIT_STATE, EXIT_USAGE
 from tests.media import describe_video, make_test_video, skimage_images
@@ -253,6 +253,33 @@ def test_changed_options_win_and_earlier_matches_come_back(media: Media, tmp_pat
     )
     assert restarted.code == 0, restarted.stderr
     assert picks(tmp_path) == matched  # matched again from scratch: the same picks
+
+
+def test_matches_an_older_fluxframe_read_from_other_frames_are_made_again_not_resumed(
+    media: Media, tmp_path: Path
+) -> None:
+    """A checkpoint whose frames were decoded the way an earlier version did (no frame_input, or
+    another) is set aside and matched again: resuming it would mix choices made from other pictures."""
+    first = run_cli(media.clip, media.bundle, tmp_path, "--skip-output", "--quiet")
+    assert first.code == 0, first.stderr
+    fresh = picks(tmp_path)
+    checkpoint = tmp_path / CHECKPOINT_NAME
+    lines = checkpoint.read_text().splitlines()
+    header = Header.from_dict(json.loads(lines[0]))
+    options = {k: v for k, v in header.match_options.items() if k != FRAME_INPUT_KEY}  # as version 1 wrote it
+    old = Header(header.bundle_id, header.video, options, header.seed)
+    # Its frames all chose image 0, so that resuming them would show.
+    frames = [json.loads(line) for line in lines[1:]]
+    for record in frames:
+        for frame in record["frames"] if record["type"] == "frames" else []:
+            frame["image_id"] = 0
+    checkpoint.write_text("\n".join(json.dumps(x) for x in [old.to_dict(), *frames]) + "\n")
+
+    again = run_cli(media.clip, media.bundle, tmp_path, "--skip-output")
+    assert again.code == 0, again.stderr
+    assert "frames read for matching by another FluxFrame version (null -> 2)" in again.stderr
+    assert "matching again" in again.stderr
+    assert picks(tmp_path) == fresh
 
 
 # Both are scaled to the 256x144 comparison size as they are decoded (match.decode_size): 320x180 a little, 1280x720 5x.
