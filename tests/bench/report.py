@@ -48,13 +48,18 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+# Ends the setting of a row only --large measures (500k/1M pools): a plain run of its group
+# keeps it as published instead of dropping it (keep_other_groups).
+LARGE_MARK = " [--large]"
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     for r in rows:
         cells = (
             r["group"],
             r["name"],
-            r["setting"],
+            r["setting"] + (LARGE_MARK if r.get("large_only") else ""),
             r["shown"],
             r["target"],
             r["status"],
@@ -129,24 +134,46 @@ def limits_section(results: dict[str, Any], names: tuple[str, ...], group: str, 
     )
 
 
-def keep_other_groups(section: str, previous: str, measured: set[str], order: list[str]) -> str:
+def keep_other_groups(section: str, previous: str, measured: set[str], order: list[str], *, large: bool) -> str:
     """``section``'s rows of the ``measured`` groups plus the rows of ``previous`` (the README's
     current bench section) of every other group, in ``order``: a run of some groups refreshes
     their rows and leaves the others' as published. (OUT/results.json may hold an older or
     smaller run of a group than the README shows: a plain run after a --large one, a fresh
-    --out folder.) A group the README does not show yet comes from ``section``."""
+    --out folder.) A group the README does not show yet comes from ``section``. A run that is
+    not ``large`` also keeps the README's LARGE_MARK rows of its groups that it did not make."""
     shown = {_row_group(line) for line in previous.splitlines()} - {None}
-    kept = [line for line in previous.splitlines() if _row_group(line) not in (None, *measured)]
-    if not kept:
-        return section
     lines = section.splitlines()
     rows = [line for line in lines if _row_group(line) in measured or _row_group(line) not in (None, *shown)]
+    made = {_row_key(line) for line in rows}
+    kept = [line for line in previous.splitlines() if _row_group(line) not in (None, *measured)]
+    large_kept = (
+        []
+        if large
+        else [
+            line
+            for line in previous.splitlines()
+            if _row_group(line) in measured and _row_key(line) not in made and _row_key(line)[2].endswith(LARGE_MARK)
+        ]
+    )
+    if not kept and not large_kept and len(rows) == len([line for line in lines if _row_group(line)]):
+        return section
     rank = {name: i for i, name in enumerate(order)}
-    merged = sorted(rows + kept, key=lambda line: rank.get(_row_group(line) or "", len(order)))
+    merged = sorted(rows + kept + large_kept, key=lambda line: rank.get(_row_group(line) or "", len(order)))
     head = [line for line in lines if _row_group(line) is None]
-    names = ", ".join(sorted({_row_group(line) or "" for line in kept}))
-    head[0] += f" Rows of groups not measured in this run ({names}) are from earlier runs."
+    notes = []
+    if kept:
+        names = ", ".join(sorted({_row_group(line) or "" for line in kept}))
+        notes.append(f"Rows of groups not measured in this run ({names}) are from earlier runs.")
+    if large_kept:
+        notes.append(f"Rows marked{LARGE_MARK} are from the last --large run.")
+    head[0] += "".join(" " + note for note in notes)
     return "\n".join(head + merged)
+
+
+def _row_key(line: str) -> tuple[str, str, str]:
+    """(group, measurement, setting) of a bench table row."""
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    return cells[0], cells[1], cells[2]
 
 
 def _row_group(line: str) -> str | None:

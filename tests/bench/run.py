@@ -166,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         # it writes only the limits section, whose ratios come from one run.
         if not args.quick:
             measured = set(ordered) if args.report_only else set(args.groups)
-            section = keep_other_groups(readme_section(results), current_section(args.readme), measured, list(GROUPS))
+            section = keep_other_groups(
+                readme_section(results), current_section(args.readme), measured, list(GROUPS), large=args.large
+            )
             if update_readme(args.readme, section):
                 print(f"updated the bench section of {args.readme}")
             else:
