@@ -173,7 +173,8 @@ class _Render:
 
     def _check_inputs(self) -> None:
         spec, info, options = self.bundle.spec, self.info, self.options
-        if abs(math.log((info.width / info.height) / spec.aspect)) > 0.01:
+        # Tiles are square crops whatever the bundle's aspect: only full frames are cropped to it.
+        if options.tiles is None and abs(math.log((info.width / info.height) / spec.aspect)) > 0.01:
             self.warn(
                 f"the video is {_ratio_text(info.width, info.height)} ({info.width}x{info.height}) but the bundle "
                 f"was built for {_ratio_text(spec.aspect_w, spec.aspect_h)} images: frames are centre-cropped to "

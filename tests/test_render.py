@@ -709,3 +709,14 @@ def test_output_made_beside_matching_equals_output_made_from_the_finished_checkp
     assert video.read_bytes() == made_beside
     assert {p.name: p.read_bytes() for p in (out / "matched_frames").iterdir()} == frames
     assert results(out)["quality"] == look
+
+
+def test_a_video_of_another_shape_than_the_bundle_is_warned_of_in_full_frame_mode_only(
+    media: Media, tmp_path: Path
+) -> None:
+    """Full frames are centre-cropped to the bundle's aspect for matching; tiles are square whatever it is."""
+    video = make_test_video(tmp_path / "four-three.mp4", skimage_images()[:2], fps=5, size=(320, 240), audio=False)
+    full = run_cli(video, media.bundle, tmp_path / "full", "--skip-output", "--quiet")
+    assert full.code == 0 and "the video is 4:3 (320x240) but the bundle was built for 16:9" in full.stderr
+    tiles = run_cli(video, media.bundle, tmp_path / "tiles", "--tiles", "8x6", "--skip-output", "--quiet")
+    assert tiles.code == 0 and "warning" not in tiles.stderr, tiles.stderr
