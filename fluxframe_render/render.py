@@ -210,6 +210,10 @@ class _Render:
         assert self.options.tiles is not None
         return parse_grid(self.options.tiles, "--tiles")
 
+    def tile_geometry(self) -> CellGeometry:
+        """Where the cells of ``--tiles`` sit in the video's frames (the match and output phases share it)."""
+        return CellGeometry.for_frame(self.info.width, self.info.height, self.tile_grid())
+
     def tile_summary(self) -> dict[str, Any]:
         """Tile mode's totals, from the finished match's grids (read once: results.json and the report
         both show them): a frame's choice names only its most used tile."""
@@ -367,7 +371,7 @@ def _match_tiles(
     options, bundle = run.options, run.bundle
     done = len(history)
     grid = run.tile_grid()
-    geometry = CellGeometry.for_frame(run.info.width, run.info.height, grid)
+    geometry = run.tile_geometry()
     rules = TileRules(
         max_uses=options.tile_max_uses, min_distance=options.tile_distance, coherence_margin=options.tile_coherence
     )
@@ -528,7 +532,7 @@ def _output(run: _Render, feed: ChoiceFeed, fps: float, root: Path, overlap: Ove
     jpegs = JpegWriter()
     names = _Names(run.bundle)
     # Source frames are decoded again for the look metrics, colour transfer, samples and the report.
-    geometry = CellGeometry.for_frame(info.width, info.height, run.tile_grid()) if options.tiles is not None else None
+    geometry = run.tile_geometry() if options.tiles is not None else None
     needed_width = SOURCE_WIDTH
     if geometry is not None and options.tile_color_strength > 0:
         needed_width = describe_size(geometry, run.bundle.tile_spec())[0]  # tile colour describes the source's cells
