@@ -141,22 +141,20 @@ def keep_other_groups(section: str, previous: str, measured: set[str], order: li
     smaller run of a group than the README shows: a plain run after a --large one, a fresh
     --out folder.) A group the README does not show yet comes from ``section``. A run that is
     not ``large`` also keeps the README's LARGE_MARK rows of its groups that it did not make."""
-    shown = {_row_group(line) for line in previous.splitlines()} - {None}
+    published = [line for line in previous.splitlines() if _row_group(line) is not None]
+    shown = {_row_group(line) for line in published}
     lines = section.splitlines()
     rows = [line for line in lines if _row_group(line) in measured or _row_group(line) not in (None, *shown)]
     made = {_row_key(line) for line in rows}
-    kept = [line for line in previous.splitlines() if _row_group(line) not in (None, *measured)]
-    large_kept = (
-        []
-        if large
-        else [
-            line
-            for line in previous.splitlines()
-            if _row_group(line) in measured and _row_key(line) not in made and _row_key(line)[2].endswith(LARGE_MARK)
-        ]
-    )
-    if not kept and not large_kept and len(rows) == len([line for line in lines if _row_group(line)]):
-        return section
+    kept = [line for line in published if _row_group(line) not in measured]
+    large_kept = [
+        line
+        for line in published
+        if not large
+        and _row_group(line) in measured
+        and _row_key(line) not in made
+        and _row_key(line)[2].endswith(LARGE_MARK.strip())
+    ]
     rank = {name: i for i, name in enumerate(order)}
     merged = sorted(rows + kept + large_kept, key=lambda line: rank.get(_row_group(line) or "", len(order)))
     head = [line for line in lines if _row_group(line) is None]
