@@ -43,7 +43,7 @@ MAX_BATCH = 1024
 DECODE_OVERSAMPLE = 1
 # Matching decodes without the in-loop deblocking filter: its frames are scaled down to the
 # comparison size, whose area filter averages the block edges it smooths away anyway.
-# H.264 decoding then costs ~16 % less CPU (the phase's largest part); copy recall is
+# H.264 decoding then costs 15-17 % less CPU (the phase's largest part); copy recall is
 # measured by the render bench's recall row, decoded this way.
 DEBLOCK_FOR_MATCHING = False
 # How the match phase turns video frames into what it compares (decoding, scaling, describing,
