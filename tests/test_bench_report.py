@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.bench.report import LARGE_MARK, keep_other_groups, markdown_table
+from tests.bench.report import LARGE_MARK, keep_other_groups, markdown_table, measured_groups
 
 ORDER = ["build", "search", "render"]
 
@@ -64,3 +64,12 @@ def test_a_plain_run_of_a_group_keeps_its_large_only_rows_and_a_large_run_replac
     merged = keep_other_groups(large, published, {"search"}, ORDER, large=True).splitlines()
     body = [line for line in merged if line.startswith("| ") and not line.startswith("| Group")]
     assert [line.split("|")[4].strip() for line in body] == ["0.18", "4.1", "39"]
+
+
+def test_a_group_that_skipped_or_failed_measured_nothing_and_keeps_its_published_rows() -> None:
+    skipped = {**row("neural", "efficientnet img/s", ""), "setting": "skipped", "value": None}
+    groups = {"search": {"rows": [row("search", "exact", "0.17")]}, "neural": {"rows": [skipped]}}
+    assert measured_groups(groups, ["search", "neural", "render"]) == {"search"}
+    published = section([row("neural", "efficientnet img/s", "142")])
+    merged = keep_other_groups(section(groups["neural"]["rows"]), published, set(), ORDER, large=False)
+    assert "| 142 |" in merged and "skipped" not in merged

@@ -134,6 +134,12 @@ def limits_section(results: dict[str, Any], names: tuple[str, ...], group: str, 
     )
 
 
+def measured_groups(groups: dict[str, Any], names: list[str]) -> set[str]:
+    """Those of ``names`` whose rows hold at least one figure: a group that skipped (no exported
+    model) or failed measured nothing, and its published rows stay (keep_other_groups)."""
+    return {name for name in names if any(r["value"] is not None for r in groups.get(name, {}).get("rows", []))}
+
+
 def keep_other_groups(section: str, previous: str, measured: set[str], order: list[str], *, large: bool) -> str:
     """``section``'s rows of the ``measured`` groups plus the rows of ``previous`` (the README's
     current bench section) of every other group, in ``order``: a run of some groups refreshes
@@ -162,7 +168,8 @@ def keep_other_groups(section: str, previous: str, measured: set[str], order: li
     if kept:
         names = ", ".join(sorted({_row_group(line) or "" for line in kept}))
         notes.append(f"Rows of groups not measured in this run ({names}) are from earlier runs.")
-    if large_kept:
+    if not large and any(_row_key(line)[2].endswith(LARGE_MARK.strip()) for line in merged):
+        # Kept from the README here, or from OUT/results.json by run.py: either way an earlier run's.
         notes.append(f"Rows marked{LARGE_MARK} are from the last --large run.")
     head[0] += "".join(" " + note for note in notes)
     return "\n".join(head + merged)

@@ -50,6 +50,7 @@ from tests.bench.report import (
     keep_other_groups,
     limits_section,
     machine,
+    measured_groups,
     readme_section,
     text_table,
     update_readme,
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         # A quick run's small sizes would replace the whole table with figures not to quote:
         # it writes only the limits section, whose ratios come from one run.
         if not args.quick:
-            measured = set(ordered) if args.report_only else set(args.groups)
+            measured = measured_groups(ordered, list(ordered) if args.report_only else args.groups)
             section = keep_other_groups(
                 readme_section(results), current_section(args.readme), measured, list(GROUPS), large=args.large
             )
