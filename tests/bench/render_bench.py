@@ -25,6 +25,7 @@ from typing import Any
 import av
 import cv2
 import numpy as np
+import psutil
 from av.video.reformatter import VideoReformatter
 
 from fluxframe_render.match import DEBLOCK_FOR_MATCHING, decode_size
@@ -67,7 +68,8 @@ MATCH_REPEATS = 5
 MATCH_ROW = "--skip-output matching / decode alone"
 RECALL_ROW = "copy recall@1, frames decoded as the match phase does"
 E2E_ROW = "end to end / libx264 encode alone"
-LIMIT_ROWS = (MATCH_ROW, RECALL_ROW, E2E_ROW)
+E2E_CEILING_ROW = "end to end with both cores always busy / libx264 encode alone"
+LIMIT_ROWS = (MATCH_ROW, RECALL_ROW, E2E_ROW, E2E_CEILING_ROW)
 LIMITS_SECTION = "render-limits"  # docs/performance.md's section for them (report.limits_section)
 LIMITS_REPEATED = f"(`--skip-output` and decoding {MATCH_REPEATS} times, the others {LIMIT_REPEATS})"
 
@@ -80,7 +82,9 @@ def render_once(
     ``keep_video``: where to keep the render's MP4 (for the encoder alone to meet the same frames).
     """
     shutil.rmtree(out, ignore_errors=True)
+    cpu_started = time.process_time()
     result = render(Path(video), Path(bundle), Path(out), RenderOptions(**options))
+    render_cpu_s = time.process_time() - cpu_started  # every thread's: libx264's and the stages'
     written = json.loads(result.results_path.read_text())
     if keep_video is not None and result.video_path is not None:
         Path(keep_video).parent.mkdir(parents=True, exist_ok=True)
@@ -97,6 +101,7 @@ def render_once(
         "match_seconds": result.match_seconds,
         "output_seconds": result.output_seconds,
         "total_seconds": result.total_seconds,
+        "render_cpu_s": render_cpu_s,
         "match_ms_per_frame": result.match_ms_per_frame,
         "frames_per_second": result.frames / result.total_seconds if result.total_seconds > 0 else 0.0,
         "audio": result.audio,
@@ -105,29 +110,36 @@ def render_once(
     }
 
 
-def _decode_pass(video: str, reformatter: VideoReformatter | None) -> tuple[int, float]:
+def _decode_pass(video: str, convert: bool, reformatter: VideoReformatter | None) -> tuple[int, float, float]:
+    """(frames, seconds, CPU seconds of every thread) of one threaded decode of ``video``.
+
+    ``convert``: each frame to a BGR array, by ``frame.to_ndarray`` (reformatter None) or the
+    reformatter; otherwise H.264 decoding alone, the least any render of the clip does.
+    """
     frames = 0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     with av.open(video) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
-            if reformatter is None:
+            if convert and reformatter is None:
                 frame.to_ndarray(format="bgr24")
-            else:
+            elif convert and reformatter is not None:
                 reformatter.reformat(frame, format="bgr24").to_ndarray()
             frames += 1
-    return frames, time.perf_counter() - started
+    return frames, time.perf_counter() - started, time.process_time() - cpu_started
 
 
 def decode_alone(video: str) -> dict[str, Any]:
     """Child process: the clip decoded to full-size BGR arrays and nothing else (threaded decoder, as ff-render).
 
     Two ways: ``frame.to_ndarray`` (a new swscale context per frame) and one reused
-    reformatter; the faster one is the limit.
+    reformatter; the faster one is the limit. A third pass decodes without converting:
+    the CPU any render of the clip spends at least (``h264_cpu_s``).
     """
-    frames, per_frame = _decode_pass(video, None)
-    _, reused = _decode_pass(video, VideoReformatter())
+    frames, per_frame, _ = _decode_pass(video, True, None)
+    _, reused, _ = _decode_pass(video, True, VideoReformatter())
+    _, _, h264_cpu = _decode_pass(video, False, None)
     seconds = min(per_frame, reused)
     return {
         "frames": frames,
@@ -135,6 +147,7 @@ def decode_alone(video: str) -> dict[str, Any]:
         "fps": frames / seconds,
         "to_ndarray_fps": frames / per_frame,
         "reused_reformatter_fps": frames / reused,
+        "h264_cpu_s": h264_cpu,
     }
 
 
@@ -160,6 +173,7 @@ def encode_alone(video: str, scratch: str, crf: int = 20, preset: str = "veryfas
     count = len(decoded)
     del decoded
     started = time.perf_counter()
+    cpu_started = time.process_time()  # libx264's threads included: what encoding alone keeps busy
     with av.open(str(out), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=round(fps), options={"crf": str(crf), "preset": preset})
         stream.width, stream.height = width, height
@@ -171,9 +185,10 @@ def encode_alone(video: str, scratch: str, crf: int = 20, preset: str = "veryfas
             container.mux(stream.encode(picture))
         container.mux(stream.encode(None))
     seconds = time.perf_counter() - started
+    cpu_s = time.process_time() - cpu_started
     del frames
     shutil.rmtree(scratch, ignore_errors=True)
-    return {"frames": count, "seconds": seconds, "fps": count / seconds}
+    return {"frames": count, "seconds": seconds, "fps": count / seconds, "encode_cpu_s": cpu_s}
 
 
 def decode_scale_recall(bundle: str, pool_root: str, scratch: str, frames: int = 240) -> dict[str, Any]:
@@ -251,8 +266,10 @@ def _limits(ctx: Context, figures: dict[str, Any]) -> None:
         return _render(ctx, clip, bundle, "limit-match", skip_output=True, verify=False, seed=1)
 
     pair = best_pairs(decode, match_only, _limit_fps, lambda r: _phase_fps(r, ("match",)), MATCH_REPEATS)
+    h264_cpu: float | None = None  # CPU seconds decoding the clip costs, the least a render spends
     if pair is not None:
         decoded, matched = pair
+        h264_cpu = decoded["h264_cpu_s"]
         match = matched["timings"]["match"]
         fps = _phase_fps(matched, ("match",))
         ratio = fps / decoded["fps"]
@@ -289,10 +306,9 @@ def _limits(ctx: Context, figures: dict[str, Any]) -> None:
     ctx.add(Row(GROUP, RECALL_ROW, where, scaled_recall, "", f">= full-size - {RECALL_SLACK}", ok, note))
 
     # Default options (colour transfer on), and colour transfer off as the render issue measured it.
-    _e2e_vs_encoder(ctx, clip, bundle, setting, figures, "limit_e2e", {})
-    _e2e_vs_encoder(
-        ctx, clip, bundle, setting + ", --color-transfer off", figures, "limit_e2e_no_colour", {"color_transfer": "off"}
-    )
+    _e2e_vs_encoder(ctx, clip, bundle, setting, figures, "limit_e2e", {}, h264_cpu)
+    no_colour = setting + ", --color-transfer off"
+    _e2e_vs_encoder(ctx, clip, bundle, no_colour, figures, "limit_e2e_no_colour", {"color_transfer": "off"}, h264_cpu)
 
 
 def _elapsed_fps(r: dict[str, Any]) -> float:
@@ -301,7 +317,14 @@ def _elapsed_fps(r: dict[str, Any]) -> float:
 
 
 def _e2e_vs_encoder(
-    ctx: Context, clip: Path, bundle: Path, setting: str, figures: dict[str, Any], key: str, options: dict[str, Any]
+    ctx: Context,
+    clip: Path,
+    bundle: Path,
+    setting: str,
+    figures: dict[str, Any],
+    key: str,
+    options: dict[str, Any],
+    h264_cpu: float | None,
 ) -> None:
     """The render with frames written beside libx264 encoding the render's own output frames alone."""
     ctx.log(f"render end to end, frames written ({setting}); its MP4 feeds the encoder alone")
@@ -339,6 +362,32 @@ def _e2e_vs_encoder(
         f"output busy/waiting s: {_stage_note(full['timings']['output'])}"
     )
     ctx.add(Row(GROUP, E2E_ROW, setting, ratio, "x", f">= {E2E_VS_ENCODE}", ratio >= E2E_VS_ENCODE, note))
+    ctx.add(_ceiling_row(setting, full, encoded, h264_cpu))
+
+
+def _ceiling_row(setting: str, full: dict[str, Any], encoded: dict[str, Any], h264_cpu: float | None) -> Row:
+    """What perfect overlap could reach: the render's CPU seconds spread over every core without a gap.
+
+    No scheduling makes a render finish sooner than its CPU work divided by the cores, so this
+    ratio bounds what overlapping stages can still gain; below the target, only less work can
+    meet it. The note sets the CPU the target leaves beside libx264 against what the render spent.
+    """
+    cores = psutil.cpu_count() or 1
+    render_cpu, encode_cpu = full["render_cpu_s"], encoded["encode_cpu_s"]
+    ceiling = encoded["seconds"] / (render_cpu / cores)
+    allowed = cores * encoded["seconds"] / E2E_VS_ENCODE  # CPU seconds a render at the target may use
+    busy = {k: v["busy_s"] for k, v in full["timings"]["output"]["stages"].items()}
+    note = (
+        f"render {render_cpu:.1f} CPU s on {cores} cores; libx264 alone {encode_cpu:.1f} CPU s in "
+        f"{encoded['seconds']:.1f} s ({encode_cpu / encoded['seconds']:.2f} cores); at {E2E_VS_ENCODE}x a render "
+        f"has {allowed:.1f} CPU s, {allowed - encode_cpu:.1f} beside libx264's, and spent "
+        f"{render_cpu - encode_cpu:.1f} on the rest (colour {busy.get('colour', 0.0):.1f}, "
+        f"quality {busy.get('quality', 0.0):.1f}, output decode {busy.get('decode', 0.0):.1f}, "
+        f"match phase {full['timings']['match']['seconds']:.1f} s)"
+    )
+    if h264_cpu is not None:
+        note += f"; decoding the clip alone, without converting a frame, costs {h264_cpu:.1f} CPU s"
+    return Row(GROUP, E2E_CEILING_ROW, setting, ceiling, "x", note=note)
 
 
 def _flat_twin(ctx: Context, ivf_bundle: Path) -> Path:
