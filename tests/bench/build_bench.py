@@ -6,9 +6,13 @@ extraction pipeline's, not the disk's. img/s and the stage seconds are read from
 bundle's build summary (fluxframe_index.summary), which times the whole build_bundle
 call: scan, decode, features, shard writes, assembly and the final sha256 of every file.
 
-The first row sets the build beside its limit, measured alternately in the same run
+The first rows set the build beside its limit, measured alternately in the same run
 (issue #14): canny with --jobs 2 against reading and decoding the same files at the same
-DCT scale in 2 processes and nothing else (>= 0.55x).
+DCT scale in 2 processes and nothing else (>= 0.55x). The target is read on the 20k pool,
+where the build runs at its steady rate: the limit's processes are started before its
+clock, the build's inside it (~0.3 s for loky's two workers, 5 % of a 5k build, 1 % of a
+20k one, nothing of the 500K+ builds FluxFrame is for). The 5k pair stays as a row of its
+own, so the start-up's share stays visible.
 """
 
 from __future__ import annotations
@@ -142,8 +146,11 @@ def _stage_note(timings: dict[str, Any]) -> str:
     return f"busy/waiting s: {stages}; worker s: {parts}"
 
 
-def limit(ctx: Context, pool: Path, pool_n: int) -> None:
-    """canny --jobs 2 beside decoding the same files alone, alternately (issue #14)."""
+def limit(ctx: Context, pool: Path, pool_n: int, *, steady: bool) -> None:
+    """canny --jobs 2 beside decoding the same files alone, alternately (issue #14).
+
+    ``steady``: the pool the target is read on (see the module's docstring); otherwise a row without one.
+    """
     setting = f"{size_label(pool_n)} JPEGs, --jobs {LIMIT_JOBS}"
 
     def decode() -> dict[str, Any]:
@@ -163,13 +170,17 @@ def limit(ctx: Context, pool: Path, pool_n: int) -> None:
     assert pair is not None  # a build either measures or raises
     decoded, built = pair
     ratio = built["img_per_s"] / decoded["img_per_s"]
-    ctx.detail(GROUP, "limit", {"build": built, "decode_alone": decoded})
+    ctx.detail(GROUP, f"limit_{size_label(pool_n)}", {"build": built, "decode_alone": decoded})
     note = (
         f"{built['img_per_s']:.0f} img/s vs decode alone {decoded['img_per_s']:.0f} img/s; "
         f"peak RSS {built['peak_tree_rss_mb']:.0f} MB; {_stage_note(built['timings'])}"
     )
-    target = f">= {BUILD_VS_DECODE}"
-    ctx.add(Row(GROUP, LIMIT_ROW, setting, ratio, "x", target, ratio >= BUILD_VS_DECODE, note))
+    if steady:
+        target, met = f">= {BUILD_VS_DECODE}", ratio >= BUILD_VS_DECODE
+    else:
+        target, met = "", None
+        note = f"the build's worker start-up included, the limit's not (the target is read at the larger pool); {note}"
+    ctx.add(Row(GROUP, LIMIT_ROW, setting, ratio, "x", target, met, note))
 
 
 def run(ctx: Context) -> None:
@@ -181,7 +192,8 @@ def run(ctx: Context) -> None:
     ctx.detail(GROUP, "pool", {"images": large_n, "mb": round(pool_mb, 1), "path": str(large)})
     runs: list[dict[str, Any]] = []
     small_label = f"{size_label(small_n)} JPEGs"
-    limit(ctx, small, small_n)
+    limit(ctx, large, large_n, steady=True)
+    limit(ctx, small, small_n, steady=False)
     for method in CLASSIC_METHODS:
         for jobs in (1, 2):
             ctx.log(f"building {method} on {small_label} with --jobs {jobs}")
