@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,20 +152,52 @@ def decode_alone(video: str) -> dict[str, Any]:
     }
 
 
-def encode_alone(video: str, scratch: str, crf: int = 20, preset: str = "veryfast") -> dict[str, Any]:
+def _x264_pass(
+    out: Path,
+    count: int,
+    picture: Callable[[int], av.VideoFrame],
+    size: tuple[int, int],
+    rate: int,
+    crf: int,
+    preset: str,
+) -> tuple[float, float]:
+    """(seconds, CPU seconds of every thread, libx264's included) encoding ``picture(i)`` for i < count."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    with av.open(str(out), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": preset})
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(count):
+            frame = picture(i)
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return time.perf_counter() - started, time.process_time() - cpu_started
+
+
+def encode_alone(
+    video: str, scratch: str, crf: int = 20, preset: str = "veryfast", yuv420p_too: bool = False
+) -> dict[str, Any]:
     """Child process: libx264 encoding the frames a render wrote, and nothing else.
 
     The render's own MP4 is decoded first into a memory-mapped file, untimed, so the encoder
     meets the very pictures the render encoded (colour transfer and all); then every frame is
     converted to I420 (cv2, as video.VideoWriter does) and encoded with the render's crf and preset.
+    ``yuv420p_too``: a second pass encodes the same frames held as decoded yuv420p, so nothing
+    is converted in the timed loop (``yuv420p_fps``: the encoder with nothing before it).
     """
     raw = Path(scratch) / "frames.bgr"
     out = Path(scratch) / "encoded.mp4"
     raw.parent.mkdir(parents=True, exist_ok=True)
+    held: list[av.VideoFrame] = []
     with av.open(video) as container:
         stream = container.streams.video[0]
-        fps = float(stream.average_rate or 25)
-        decoded = [f.to_ndarray(format="bgr24") for f in container.decode(stream)]
+        rate = round(float(stream.average_rate or 25))
+        decoded = []
+        for f in container.decode(stream):
+            decoded.append(f.to_ndarray(format="bgr24"))
+            if yuv420p_too:
+                held.append(f.reformat(format="yuv420p"))
     height, width = decoded[0].shape[:2]
     frames = np.memmap(raw, dtype=np.uint8, mode="w+", shape=(len(decoded), height, width, 3))
     for i, image in enumerate(decoded):
@@ -172,23 +205,18 @@ def encode_alone(video: str, scratch: str, crf: int = 20, preset: str = "veryfas
     frames.flush()
     count = len(decoded)
     del decoded
-    started = time.perf_counter()
-    cpu_started = time.process_time()  # libx264's threads included: what encoding alone keeps busy
-    with av.open(str(out), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=round(fps), options={"crf": str(crf), "preset": preset})
-        stream.width, stream.height = width, height
-        stream.pix_fmt = "yuv420p"
-        for i in range(count):
-            planes = np.asarray(cv2.cvtColor(frames[i], cv2.COLOR_BGR2YUV_I420), dtype=np.uint8)
-            picture = av.VideoFrame.from_ndarray(planes, format="yuv420p")
-            picture.pts = i
-            container.mux(stream.encode(picture))
-        container.mux(stream.encode(None))
-    seconds = time.perf_counter() - started
-    cpu_s = time.process_time() - cpu_started
-    del frames
+
+    def from_bgr(i: int) -> av.VideoFrame:
+        planes = np.asarray(cv2.cvtColor(frames[i], cv2.COLOR_BGR2YUV_I420), dtype=np.uint8)
+        return av.VideoFrame.from_ndarray(planes, format="yuv420p")
+
+    seconds, cpu_s = _x264_pass(out, count, from_bgr, (width, height), rate, crf, preset)
+    result = {"frames": count, "seconds": seconds, "fps": count / seconds, "encode_cpu_s": cpu_s}
+    if yuv420p_too:
+        yuv_seconds, _ = _x264_pass(out, count, held.__getitem__, (width, height), rate, crf, preset)
+        result["yuv420p_fps"] = count / yuv_seconds
     shutil.rmtree(scratch, ignore_errors=True)
-    return {"frames": count, "seconds": seconds, "fps": count / seconds, "encode_cpu_s": cpu_s}
+    return result
 
 
 def decode_scale_recall(bundle: str, pool_root: str, scratch: str, frames: int = 240) -> dict[str, Any]:

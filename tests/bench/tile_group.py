@@ -19,11 +19,8 @@ JPEGs, real atlas) with its rows tiled to 20k and 1M.
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 from typing import Any
-
-import av
 
 from fluxframe_render.options import RenderOptions
 from fluxframe_render.render import render
@@ -67,32 +64,6 @@ def tile_render_once(video: str, bundle: str, out: str, options: dict[str, Any])
         "quality": result.quality.to_dict() if result.quality is not None else None,
         "tiles": result.tiles,
     }
-
-
-def x264_alone(video: str, crf: int, preset: str) -> dict[str, Any]:
-    """Child process: libx264 encoding ``video``'s frames alone, already in yuv420p (decoded beforehand, not timed).
-
-    The frames are the render's own output, so the encoder meets the same content; unlike the
-    baseline (render_bench.encode_alone) no BGR picture is converted in the timed loop, so this
-    is the encoder with nothing before it: the rows' notes give it beside the baseline.
-    """
-    with av.open(video) as container:
-        stream = container.streams.video[0]
-        rate = stream.average_rate or CLIP_FPS
-        frames = [f.reformat(format="yuv420p") for f in container.decode(stream)]
-    width, height = frames[0].width, frames[0].height
-    dest = Path(video).with_name("x264-alone.mp4")
-    started = time.perf_counter()
-    with av.open(str(dest), "w") as out:
-        encoder = out.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": preset})
-        encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
-        for frame in frames:
-            frame.pts = None
-            out.mux(encoder.encode(frame))
-        out.mux(encoder.encode(None))
-    seconds = time.perf_counter() - started
-    dest.unlink()
-    return {"frames": len(frames), "seconds": seconds, "frames_per_second": len(frames) / seconds}
 
 
 def _bundle(ctx: Context, real: Path, n: int, ivf: bool) -> Path:
@@ -142,17 +113,21 @@ def _speed(
     try:
         first = render()
         renders = [first]
-        encode_args = {"video": first["video_path"], "crf": defaults.crf, "preset": defaults.preset}
+        encode_args = {
+            "video": first["video_path"],
+            "scratch": str(ctx.work / f"tiles-{key}-encode-alone"),
+            "crf": defaults.crf,
+            "preset": defaults.preset,
+            "yuv420p_too": True,
+        }
 
         def encode() -> dict[str, Any]:
             # The project's one baseline (the render limits' too): the render's pictures as BGR arrays,
             # converted to I420 in the timed loop as VideoWriter does. Frames already in yuv420p are
             # timed beside it for the note: x264 meets the same pictures there without the conversion.
             ctx.log("libx264 veryfast encoding the same frames alone (from BGR pictures; from yuv420p)")
-            bgr_args = {**encode_args, "scratch": str(ctx.work / f"tiles-{key}-encode-alone")}
-            bgr = child_dict(ctx.isolated(GROUP, "tests.bench.render_bench:encode_alone", bgr_args))
-            yuv = child_dict(ctx.isolated(GROUP, "tests.bench.tile_group:x264_alone", encode_args))
-            return {**bgr, "frames_per_second": bgr["fps"], "yuv420p_frames_per_second": yuv["frames_per_second"]}
+            x = child_dict(ctx.isolated(GROUP, "tests.bench.render_bench:encode_alone", encode_args))
+            return {**x, "frames_per_second": x["fps"]}
 
         # Alternately, the fastest of each (the first render is the first of its pair): a shared machine's
         # other work comes and goes, and each side gets the same chances (as the render limits do).
@@ -180,7 +155,7 @@ def _speed(
     # Named after its render (label, kind, colour): each x264 row meets other frames, and a row's
     # (group, measurement, setting) is what keeps it in docs/performance.md (report.keep_other_groups).
     encoded = f"the {x['frames']} output frames of the {label} {kind} render{'' if colour else ', colour off'}"
-    yuv = x["yuv420p_frames_per_second"]
+    yuv = x["yuv420p_fps"]
     x264_note = (
         f"the render's pictures as BGR arrays, converted to I420 in the timed loop as the render does "
         f"(render_bench.encode_alone, the render limits' baseline); from frames already in yuv420p "
